@@ -1,0 +1,44 @@
+# `make demo` and `make test` work on a fresh machine with only Python: they create .venv and install into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+PACKAGES := . $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+PACKAGE_FILES := pyproject.toml $(wildcard plugins/*/pyproject.toml) constraints.txt
+
+.PHONY: install demo test lint format bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip "setuptools>=68" wheel
+
+# difframe and every first-party plugin, editable, in one pip resolution.
+$(VENV)/.installed: $(VENV)/bin/python $(PACKAGE_FILES)
+	$(PIP) install -c constraints.txt --no-build-isolation $(foreach p,$(PACKAGES),-e $(p))
+	@touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+	$(PIP) install -c constraints.txt -r requirements-test.txt
+	# open-clip-torch only ships the real CLIP BPE vocabulary the tests use; its torchvision is not needed.
+	$(PIP) install --no-deps "open-clip-torch>=2.20"
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/difframe plugins
+
+test: $(VENV)/.test-installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.test-installed
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(VENV)/.test-installed
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build */*.egg-info plugins/*/*.egg-info contrib/*/*.egg-info

@@ -1,0 +1,136 @@
+"""The `difframe` command line. Listing plugins imports neither torch nor any component code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .specs import HOOK_KINDS
+
+KINDS = sorted(HOOK_KINDS.values())
+
+
+def plugins_report(framework: Any, kind: str | None = None, hook: str | None = None) -> list[dict[str, Any]]:
+    """Installed plugins as plain, sorted data: what each implements and registers, and what is broken."""
+    shadowed = {id(r) for r in framework.registry.shadowed}
+    report = []
+    for info in framework.plugins:
+        if hook and hook not in info.hooks:
+            continue
+        registrations = [
+            {
+                "kind": r.kind,
+                "name": r.name,
+                "aliases": list(r.spec.aliases),
+                "factory": r.spec.factory,
+                "description": r.spec.description,
+                "loads": [list(pair) for pair in r.spec.loads],
+                "available": r.unavailable_reason is None,
+                "reason": r.unavailable_reason,
+                "shadowed": id(r) in shadowed,
+            }
+            for r in sorted(info.registrations, key=lambda r: (r.kind, r.name))
+            if kind is None or r.kind == kind
+        ]
+        if kind and not registrations:
+            continue
+        report.append(
+            {
+                "name": info.name,
+                "version": info.version,
+                "module": info.module,
+                "hooks": info.hooks,
+                "broken": info.broken,
+                "registrations": registrations,
+                "problems": [{"stage": p.stage, "message": p.message} for p in info.problems],
+            }
+        )
+    return report
+
+
+def _print_table(report: list[dict[str, Any]]) -> None:
+    if not report:
+        print(
+            "No difframe plugins found. Install one (e.g. `pip install difframe-samplers`) or check the filters."
+        )
+        return
+    for plugin in report:
+        status = "  BROKEN" if plugin["broken"] else ""
+        print(f"{plugin['name']} {plugin['version'] or ''}{status}".rstrip())
+        print(f"  hooks: {', '.join(plugin['hooks']) or '-'}")
+        rows = [
+            (
+                r["kind"],
+                r["name"] + (" (shadowed)" if r["shadowed"] else ""),
+                ", ".join(r["aliases"][:3]) + (", ..." if len(r["aliases"]) > 3 else ""),
+                "available" if r["available"] else f"unavailable: {r['reason']}",
+            )
+            for r in plugin["registrations"]
+        ]
+        widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
+        for row in rows:
+            print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+        for problem in plugin["problems"]:
+            print(f"  ! {problem['stage']}: {problem['message']}")
+        print()
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .framework import Framework
+
+    report = plugins_report(Framework(), kind=args.kind, hook=args.hook)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        _print_table(report)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="difframe", description="A plugin-based diffusion framework.")
+    parser.add_argument("--version", action="version", version=f"difframe {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    plugins = commands.add_parser("plugins", help="list installed plugins and what they register")
+    plugins.add_argument("--json", action="store_true", help="print stable, sorted JSON")
+    plugins.add_argument("--kind", choices=KINDS, help="only registrations of this kind")
+    plugins.add_argument(
+        "--hook", choices=sorted([*HOOK_KINDS, "register_commands"]), help="only plugins with it"
+    )
+    plugins.set_defaults(func=_cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["plugins"]:  # plugin commands cost a full discovery; `plugins` needs only its own
+        _add_plugin_commands(parser)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from .errors import DifframeError
+
+    try:
+        return int(args.func(args) or 0)
+    except DifframeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _add_plugin_commands(parser: argparse.ArgumentParser) -> None:
+    from .framework import Framework
+
+    framework = Framework()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    framework.plugin_manager.hook.register_commands(cli=subparsers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

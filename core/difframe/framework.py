@@ -1,0 +1,123 @@
+"""Framework: the installed plugins, their registrations, and building components and pipelines from them."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .errors import PluginError, UnavailableError, UnknownComponentError
+from .plugins import PluginInfo, load_plugins
+from .registry import Problem, Registration
+
+
+class Framework:
+    """Discovers plugins and builds what they register.
+
+    ``Framework()`` loads every plugin installed under the entry-point group ``difframe`` (filtered by
+    DIFFRAME_LOAD_PLUGINS / DIFFRAME_DISABLE_PLUGINS). ``Framework(plugins=[...])`` uses only the given plugin
+    modules or objects; pass ``entry_points=True`` as well to add them to the installed ones.
+    """
+
+    def __init__(self, plugins: Iterable[Any] | None = None, *, entry_points: bool | None = None) -> None:
+        use_entry_points = plugins is None if entry_points is None else entry_points
+        self.plugin_manager, self.registry, self._plugins = load_plugins(plugins, use_entry_points)
+
+    # --- what is installed --------------------------------------------------------------------------------------
+    @property
+    def plugins(self) -> list[PluginInfo]:
+        return [self._plugins[name] for name in sorted(self._plugins)]
+
+    @property
+    def problems(self) -> list[Problem]:
+        return list(self.registry.problems)
+
+    @property
+    def schedulers(self) -> list[str]:
+        return self.registry.names("scheduler")
+
+    @property
+    def pipelines(self) -> list[str]:
+        return self.registry.names("pipeline")
+
+    @property
+    def models(self) -> list[str]:
+        return self.registry.names("model")
+
+    @property
+    def conditioners(self) -> list[str]:
+        return self.registry.names("conditioner")
+
+    @property
+    def attention_processors(self) -> list[str]:
+        return self.registry.names("attention_processor")
+
+    def get(self, kind: str, name: str) -> Registration:
+        try:
+            return self.registry.get(kind, name)
+        except UnknownComponentError as error:
+            broken = [
+                f"{p.plugin} ({p.message})" for p in self.registry.problems if p.stage in ("import", "hook")
+            ]
+            if broken:
+                raise UnknownComponentError(
+                    f"{error} Plugins that failed to load, one of which may provide it: {'; '.join(broken)}"
+                ) from None
+            raise
+
+    # --- building -----------------------------------------------------------------------------------------------
+    def load_factory(self, registration: Registration) -> Any:
+        """Import a registration's factory, checking first that it can run here."""
+        reason = registration.unavailable_reason
+        if reason is not None:
+            raise UnavailableError(
+                f"{registration.kind.replace('_', ' ')} {registration.name!r} (plugin {registration.plugin!r}) "
+                f"cannot run on this machine: {reason}"
+            )
+        module_name, _, attribute = registration.spec.factory.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                target = getattr(target, part)
+        except Exception as error:
+            raise PluginError(
+                f"plugin {registration.plugin!r} registers {registration.kind} {registration.name!r} with factory "
+                f"{registration.spec.factory!r}, which failed to import: {type(error).__name__}: {error}"
+            ) from error
+        return target
+
+    def create(
+        self, kind: str, name: str, /, config: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> Any:
+        """Build a component by name: its spec's options, then ``config``, then ``overrides``, validated first."""
+        registration = self.get(kind, name)
+        factory = self.load_factory(registration)
+        values = {**(config or {}), **registration.spec.options, **overrides}
+        if hasattr(factory, "from_config"):
+            label = f"{kind.replace('_', ' ')} {registration.name!r} ({factory.__name__})"
+            return factory.from_config(factory.validate_config(values, label=label))
+        return factory(**values)
+
+    def scheduler(self, name: str, /, config: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
+        """A sampler by name; pass another scheduler's ``.config`` to keep a model's noise schedule."""
+        return self.create("scheduler", name, config, **overrides)
+
+    def build(self, pipeline: str, /, model: Any = None, **options: Any) -> Any:
+        """Build a registered pipeline from a model folder or hub id (or the pipeline's default model).
+
+        Options are passed to the pipeline's ``from_pretrained``: components by name or instance
+        (``scheduler="dpmpp"``), ``attention``, ``device``, ``torch_dtype``/``dtype``, ``variant`` and hub options.
+        """
+        registration = self.get("pipeline", pipeline)
+        pipeline_class = self.load_factory(registration)
+        model = model if model is not None else registration.spec.default_model
+        if model is None:
+            raise ValueError(
+                f"pipeline {registration.name!r} has no default model; pass model='<folder or hub id>'"
+            )
+        if "dtype" in options:
+            options["torch_dtype"] = options.pop("dtype")
+        return pipeline_class.from_pretrained(model, framework=self, **options)
+
+    def __repr__(self) -> str:
+        return f"Framework(plugins={[p.name for p in self.plugins]})"

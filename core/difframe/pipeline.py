@@ -1,0 +1,307 @@
+"""DiffusionPipeline: components declared as class attributes; loading, saving, placement and progress."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from .atomic import atomic_directory, atomic_write_text
+from .errors import ModelLoadError
+
+P = TypeVar("P", bound="DiffusionPipeline")
+INDEX_NAME = "model_index.json"
+
+
+class Component:
+    """Declares a pipeline component: ``unet = Component("model")``. The attribute name is the sub-folder name."""
+
+    def __init__(self, kind: str, *, optional: bool = False, description: str = "") -> None:
+        self.kind = kind
+        self.optional = optional
+        self.description = description
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: object, owner: type) -> Any:
+        return self if instance is None else None  # set components live in the instance __dict__
+
+    def __repr__(self) -> str:
+        return f"Component({self.kind!r}, optional={self.optional})"
+
+
+def _is_safe_component_name(name: str) -> bool:
+    return name.isidentifier()
+
+
+class DiffusionPipeline:
+    """Base of every pipeline. A subclass declares its components and implements ``__call__``."""
+
+    layout_name: ClassVar[tuple[str, str] | None] = None  # _class_name in model_index.json
+    declared: ClassVar[dict[str, Component]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.declared = {
+            name: value
+            for klass in reversed(cls.__mro__)
+            for name, value in vars(klass).items()
+            if isinstance(value, Component)
+        }
+
+    def __init__(self, **components: Any) -> None:
+        unknown = components.keys() - self.declared.keys()
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no component(s) {', '.join(sorted(unknown))}; "
+                f"it declares {', '.join(self.declared)}"
+            )
+        missing = [n for n, c in self.declared.items() if not c.optional and components.get(n) is None]
+        if missing:
+            raise TypeError(f"{type(self).__name__} needs component(s) {', '.join(missing)}")
+        for name in self.declared:
+            self.__dict__[name] = components.get(name)
+        self.framework: Any = None
+        self._progress_options: dict[str, Any] = {}
+
+    # --- components ---------------------------------------------------------------------------------------------
+    @property
+    def components(self) -> dict[str, Any]:
+        return {name: self.__dict__.get(name) for name in self.declared}
+
+    def _modules(self) -> Iterator[Any]:
+        import torch
+
+        for value in self.components.values():
+            if isinstance(value, torch.nn.Module):
+                yield value
+
+    def to(self: P, device: Any = None, dtype: Any = None) -> P:
+        """Move every torch component to ``device`` and/or cast floating weights to ``dtype``."""
+        for module in self._modules():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> Any:
+        import torch
+
+        for module in self._modules():
+            for parameter in module.parameters():
+                return parameter.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> Any:
+        import torch
+
+        for module in self._modules():
+            for parameter in module.parameters():
+                return parameter.dtype
+        return torch.float32
+
+    def set_scheduler(self, name: str, /, **overrides: Any) -> Any:
+        """Swap the sampler in one line, keeping the model's noise schedule: ``pipe.set_scheduler("euler_a")``."""
+        from .framework import Framework
+
+        self.framework = self.framework or Framework()
+        current = self.__dict__.get("scheduler")
+        self.__dict__["scheduler"] = self.framework.scheduler(
+            name, current.config if current else None, **overrides
+        )
+        return self.__dict__["scheduler"]
+
+    # --- progress -----------------------------------------------------------------------------------------------
+    def set_progress_bar_config(self, **options: Any) -> None:
+        """Options for tqdm, e.g. ``disable=True`` or ``desc="denoising"``."""
+        self._progress_options = options
+
+    def progress_bar(self, iterable: Iterable[Any] | None = None, total: int | None = None) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, **{"leave": False, **self._progress_options})
+
+    # --- saving -------------------------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike[str], *, variant: str | None = None) -> Path:
+        """Write model_index.json and one folder per component; an existing save is replaced only when complete."""
+        index: dict[str, Any] = {
+            "_class_name": (self.layout_name or (None, type(self).__name__))[1],
+            "_difframe_version": _version(),
+        }
+        with atomic_directory(folder) as staging:
+            for name, value in self.components.items():
+                if value is None:
+                    index[name] = [None, None]
+                    continue
+                layout = getattr(type(value), "layout_name", None) or (
+                    type(value).__module__.split(".")[0],
+                    type(value).__name__,
+                )
+                index[name] = list(layout)
+                _save_component(value, staging / name, variant)
+            atomic_write_text(staging / INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        return Path(folder)
+
+    # --- loading ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls: type[P],
+        reference: str | os.PathLike[str],
+        *,
+        framework: Any = None,
+        torch_dtype: Any = None,
+        device: Any = None,
+        variant: str | None = None,
+        allow_pickle: bool = False,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        progress: bool = True,
+        **overrides: Any,
+    ) -> P:
+        """Load every declared component through the plugin that registers its class name in model_index.json.
+
+        ``overrides`` replace components: an instance, or (for schedulers) a registered name, which is built
+        from the model's own scheduler config. Every name and folder is checked before any weight is read.
+        """
+        from .framework import Framework
+        from .hub import resolve, weight_patterns
+
+        framework = framework or Framework()
+        extra = {k: overrides.pop(k) for k in list(overrides) if k not in cls.declared}
+        hub = {
+            "revision": revision,
+            "cache_dir": cache_dir,
+            "local_files_only": local_files_only,
+            "token": token,
+        }
+        root = resolve(reference, allow_patterns=[INDEX_NAME], **hub)
+        index = _read_index(root)
+        if not Path(os.path.expanduser(os.fspath(reference))).is_dir():  # a hub id: fetch only what is used
+            allow, ignore = [INDEX_NAME], []
+            for name in cls.declared:
+                if name not in overrides and isinstance(index.get(name), list) and index[name][:1] != [None]:
+                    patterns = weight_patterns(f"{name}/", variant=variant, allow_pickle=allow_pickle)
+                    allow += patterns["allow_patterns"]
+                    ignore = patterns["ignore_patterns"]
+            root = resolve(reference, allow_patterns=allow, ignore_patterns=ignore, **hub)
+
+        plan = cls._plan(framework, root, index, overrides)
+        load_options = {"torch_dtype": torch_dtype, "variant": variant, "allow_pickle": allow_pickle}
+        components = dict(overrides)
+        for name, (registration, loader) in plan.items():
+            components[name] = _load_component(loader, registration, root, name, load_options)
+        for name, value in overrides.items():
+            if isinstance(value, str) and cls.declared[name].kind == "scheduler":
+                config = _scheduler_config(root, name)
+                components[name] = framework.scheduler(value, config)
+            elif isinstance(value, str):
+                components[name] = framework.create(cls.declared[name].kind, value)
+        pipeline = cls(**components)
+        pipeline.framework = framework
+        if not progress:
+            pipeline.set_progress_bar_config(disable=True)
+        if device is not None:
+            pipeline.to(device)
+        pipeline.apply_options(**extra)
+        return pipeline
+
+    def apply_options(self, **options: Any) -> None:
+        """Pipeline-specific build options (e.g. ``attention``); the base class knows none."""
+        if options:
+            raise TypeError(f"{type(self).__name__} got unknown option(s): {', '.join(sorted(options))}")
+
+    @classmethod
+    def _plan(cls, framework: Any, root: Path, index: dict[str, Any], overrides: dict[str, Any]) -> dict:
+        """Resolve every component to a loader, or raise, before any weight is read."""
+        plan = {}
+        for name, component in cls.declared.items():
+            if name in overrides:
+                continue
+            entry = index.get(name)
+            if entry is None or entry == [None, None] or (isinstance(entry, list) and entry[0] is None):
+                if component.optional:
+                    continue
+                raise ModelLoadError(
+                    f"{root} has no component {name!r} in {INDEX_NAME}, and {cls.__name__} needs it. Add the "
+                    f"{name}/ folder and its entry, or pass {name}=... to from_pretrained."
+                )
+            if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+                raise ModelLoadError(
+                    f"{root / INDEX_NAME}: entry {name!r} must be [library, class], got {entry!r}"
+                )
+            folder = root / name
+            if not folder.is_dir():
+                if component.optional:
+                    continue
+                raise ModelLoadError(f"{root} lists component {name!r} but has no folder {name}/")
+            library, class_name = entry
+            registration = framework.registry.for_layout(library, class_name)
+            if registration is None:
+                raise ModelLoadError(
+                    f"no installed plugin loads {entry!r} (component {name!r} of {root}). Install the plugin that "
+                    f"provides it, or pass {name}=... yourself. `difframe plugins --json` lists what each plugin loads."
+                )
+            plan[name] = (registration, framework.load_factory(registration))
+        return plan
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _read_index(root: Path) -> dict[str, Any]:
+    path = root / INDEX_NAME
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{root} has no {INDEX_NAME}: it is not a pipeline folder. A single model folder (config.json) loads "
+            "with that model class's from_pretrained."
+        )
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(index, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    for key in index:
+        if not key.startswith("_") and not _is_safe_component_name(key):
+            raise ModelLoadError(
+                f"{path} names a component {key!r}, which is not a plain folder name (it could reach outside the "
+                "model folder). Component names are identifiers such as 'unet'."
+            )
+    resolved_root = root.resolve()
+    for key in index:
+        candidate = (root / key).resolve() if not key.startswith("_") else resolved_root
+        if resolved_root not in (candidate, *candidate.parents):
+            raise ModelLoadError(f"{path}: component folder {key!r} points outside the model folder")
+    return index
+
+
+def _scheduler_config(root: Path, name: str) -> dict[str, Any]:
+    path = root / name / "scheduler_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _load_component(loader: Any, registration: Any, root: Path, name: str, options: dict[str, Any]) -> Any:
+    try:
+        return loader.from_pretrained(root, subfolder=name, **options)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"component {name!r} ({registration.spec.factory}): {error}") from None
+
+
+def _save_component(value: Any, folder: Path, variant: str | None) -> None:
+    save = getattr(value, "save_pretrained", None)
+    if save is None:
+        raise TypeError(f"component {type(value).__name__} cannot be saved: it has no save_pretrained")
+    if "atomic" in inspect.signature(save).parameters:  # difframe components
+        save(folder, variant=variant, atomic=False)
+    else:  # third-party objects such as transformers tokenizers
+        save(folder)

@@ -1,0 +1,108 @@
+"""Pydantic specs: what a plugin registers, validated without importing the plugin's component code."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.+-]*$"
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class Requirements(BaseModel):
+    """What a component needs on this machine to run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    packages: tuple[str, ...] = Field(default=(), description="importable module names, e.g. 'xformers'")
+    cuda: bool = Field(default=False, description="needs an NVIDIA GPU and a CUDA build of torch")
+
+
+class Supports(BaseModel):
+    """What a component works with. Empty means 'any'."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    families: tuple[str, ...] = ()
+    dtypes: tuple[Literal["float32", "float16", "bfloat16"], ...] = ()
+    devices: tuple[Literal["cpu", "cuda", "mps"], ...] = ()
+
+
+class ComponentSpec(BaseModel):
+    """Fields every registration shares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: ClassVar[str] = "component"
+
+    name: str = Field(pattern=NAME_PATTERN, description="lower-case name users type, e.g. 'dpmpp_2m'")
+    factory: str = Field(description="'module:attr' of the class or function that builds it")
+    aliases: tuple[str, ...] = Field(default=(), description="other names, matched case-insensitively")
+    description: str = ""
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="config values this name implies, e.g. use_karras_sigmas=True"
+    )
+    requires: Requirements = Requirements()
+    supports: Supports = Supports()
+    loads: tuple[tuple[str, str], ...] = Field(
+        default=(),
+        description="class names of the shared on-disk layout it loads, e.g. ('diffusers', 'DDIMScheduler')",
+    )
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_is_module_attr(cls, value: str) -> str:
+        if not FACTORY_PATTERN.match(value):
+            raise ValueError(f"factory must look like 'package.module:ClassName', got {value!r}")
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not alias.strip() for alias in value):
+            raise ValueError("aliases must not be empty strings")
+        return value
+
+
+class SchedulerSpec(ComponentSpec):
+    kind: ClassVar[str] = "scheduler"
+    stochastic: bool = Field(default=False, description="step() draws noise; takes a generator")
+
+
+class ModelSpec(ComponentSpec):
+    kind: ClassVar[str] = "model"
+    role: Literal[
+        "denoiser", "autoencoder", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "other"
+    ] = "other"
+
+
+class ConditionerSpec(ComponentSpec):
+    kind: ClassVar[str] = "conditioner"
+    modality: Literal["text", "image", "other"] = "text"
+
+
+class AttentionProcessorSpec(ComponentSpec):
+    kind: ClassVar[str] = "attention_processor"
+    role: Literal["backend", "addon"] = "backend"
+    priority: int = Field(
+        default=0, description="'auto' picks the available backend with the highest priority"
+    )
+
+
+class PipelineSpec(ComponentSpec):
+    kind: ClassVar[str] = "pipeline"
+    default_model: str | None = Field(default=None, description="model reference used when build() gets none")
+
+
+SPEC_TYPES: dict[str, type[ComponentSpec]] = {
+    spec.kind: spec
+    for spec in (SchedulerSpec, ModelSpec, ConditionerSpec, AttentionProcessorSpec, PipelineSpec)
+}
+HOOK_KINDS: dict[str, str] = {
+    "register_scheduler": "scheduler",
+    "register_model": "model",
+    "register_conditioner": "conditioner",
+    "register_attention_processor": "attention_processor",
+    "register_pipeline": "pipeline",
+}
