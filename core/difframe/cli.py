@@ -53,9 +53,7 @@ def plugins_report(framework: Any, kind: str | None = None, hook: str | None = N
 
 def _print_table(report: list[dict[str, Any]]) -> None:
     if not report:
-        print(
-            "No difframe plugins found. Install one (e.g. `pip install difframe-samplers`) or check the filters."
-        )
+        print("No difframe plugins found. Install one (e.g. `pip install difframe-samplers`) or check the filters.")
         return
     for plugin in report:
         status = "  BROKEN" if plugin["broken"] else ""
@@ -99,9 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="print stable, sorted JSON")
     plugins.add_argument("--kind", choices=KINDS, help="only registrations of this kind")
-    plugins.add_argument(
-        "--hook", choices=sorted([*HOOK_KINDS, "register_commands"]), help="only plugins with it"
-    )
+    plugins.add_argument("--hook", choices=sorted([*HOOK_KINDS, "register_commands"]), help="only plugins with it")
     plugins.set_defaults(func=_cmd_plugins)
     return parser
 

@@ -45,14 +45,10 @@ class Config(Mapping[str, Any]):
         try:
             return self._values[key]
         except KeyError:
-            raise AttributeError(
-                f"config has no field {key!r}; fields: {', '.join(sorted(self._values))}"
-            ) from None
+            raise AttributeError(f"config has no field {key!r}; fields: {', '.join(sorted(self._values))}") from None
 
     def __setattr__(self, key: str, value: Any) -> None:
-        raise AttributeError(
-            "a config is read-only; build a new component with from_config(config, **changes)"
-        )
+        raise AttributeError("a config is read-only; build a new component with from_config(config, **changes)")
 
     def __repr__(self) -> str:
         return f"Config({self._values!r})"
@@ -75,8 +71,7 @@ def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
     return {
         name: p
         for name, p in list(parameters.items())[1:]
-        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        and name not in getattr(cls, "ignore_for_config", ())
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name not in getattr(cls, "ignore_for_config", ())
     }
 
 
@@ -88,9 +83,7 @@ class ConfigMixin:
     """
 
     config_name: ClassVar[str] = "config.json"
-    layout_name: ClassVar[tuple[str, str] | None] = (
-        None  # written as _class_name, e.g. ("diffusers", "DDIMScheduler")
-    )
+    layout_name: ClassVar[tuple[str, str] | None] = None  # written as _class_name, e.g. ("diffusers", "DDIMScheduler")
     ignore_for_config: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -162,18 +155,14 @@ class ConfigMixin:
         """Read ``config_name`` from a folder (or hub id), returning the raw dict."""
         from .hub import resolve
 
-        root = resolve(
-            folder, allow_patterns=[f"{subfolder + '/' if subfolder else ''}{cls.config_name}"], **hub
-        )
+        root = resolve(folder, allow_patterns=[f"{subfolder + '/' if subfolder else ''}{cls.config_name}"], **hub)
         path = root / subfolder / cls.config_name if subfolder else root / cls.config_name
         if not path.is_file():
             raise ModelLoadError(f"{path} not found: a {cls.__name__} folder needs a {cls.config_name}")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(
-                f"{path} is not valid JSON ({error}); restore it or save the component again"
-            ) from None
+            raise ConfigError(f"{path} is not valid JSON ({error}); restore it or save the component again") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
         return data
@@ -220,9 +209,7 @@ class ConfigMixin:
 
 def _recording(init: Any) -> Any:
     signature = inspect.signature(init)
-    variadic = {
-        name for name, p in signature.parameters.items() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    variadic = {name for name, p in signature.parameters.items() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
     @functools.wraps(init)
     def __init__(self: ConfigMixin, *args: Any, **kwargs: Any) -> None:

@@ -56,9 +56,7 @@ class Framework:
         try:
             return self.registry.get(kind, name)
         except UnknownComponentError as error:
-            broken = [
-                f"{p.plugin} ({p.message})" for p in self.registry.problems if p.stage in ("import", "hook")
-            ]
+            broken = [f"{p.plugin} ({p.message})" for p in self.registry.problems if p.stage in ("import", "hook")]
             if broken:
                 raise UnknownComponentError(
                     f"{error} Plugins that failed to load, one of which may provide it: {'; '.join(broken)}"
@@ -86,9 +84,7 @@ class Framework:
             ) from error
         return target
 
-    def create(
-        self, kind: str, name: str, /, config: Mapping[str, Any] | None = None, **overrides: Any
-    ) -> Any:
+    def create(self, kind: str, name: str, /, config: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
         """Build a component by name: its spec's options, then ``config``, then ``overrides``, validated first."""
         registration = self.get(kind, name)
         factory = self.load_factory(registration)
@@ -112,9 +108,7 @@ class Framework:
         pipeline_class = self.load_factory(registration)
         model = model if model is not None else registration.spec.default_model
         if model is None:
-            raise ValueError(
-                f"pipeline {registration.name!r} has no default model; pass model='<folder or hub id>'"
-            )
+            raise ValueError(f"pipeline {registration.name!r} has no default model; pass model='<folder or hub id>'")
         if "dtype" in options:
             options["torch_dtype"] = options.pop("dtype")
         return pipeline_class.from_pretrained(model, framework=self, **options)

@@ -72,9 +72,7 @@ def resolve(
             )
         )
     except HFValidationError as error:
-        raise ModelLoadError(
-            f"{text!r} is neither a local folder nor a valid hub id ('org/name'): {error}"
-        ) from None
+        raise ModelLoadError(f"{text!r} is neither a local folder nor a valid hub id ('org/name'): {error}") from None
     except LocalEntryNotFoundError:
         offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
             "1",
@@ -82,11 +80,7 @@ def resolve(
             "yes",
             "on",
         )
-        why = (
-            "downloads are off (HF_HUB_OFFLINE or local_files_only)"
-            if offline
-            else "the hub could not be reached"
-        )
+        why = "downloads are off (HF_HUB_OFFLINE or local_files_only)" if offline else "the hub could not be reached"
         raise ModelLoadError(
             f"model {text!r} is not in the Hugging Face cache and {why}. Download it once where the hub is "
             "reachable (it lands in the shared cache, HF_HUB_CACHE), or pass a local folder instead."

@@ -104,9 +104,7 @@ class ModelMixin(nn.Module, ConfigMixin):
         with context as staging:
             staging.mkdir(parents=True, exist_ok=True)
             self.save_config(staging)
-            write_state_dict(
-                self.state_dict(), staging, self.weights_name, variant, _parse_size(max_shard_size)
-            )
+            write_state_dict(self.state_dict(), staging, self.weights_name, variant, _parse_size(max_shard_size))
         return folder
 
     # --- loading ------------------------------------------------------------------------------------------------
@@ -165,9 +163,7 @@ class ModelMixin(nn.Module, ConfigMixin):
             if state[key].shape != expected[key].shape
         ]
         if missing or unexpected or misshapen:
-            raise ModelLoadError(
-                _mismatch_message(type(self).__name__, source, missing, unexpected, misshapen)
-            )
+            raise ModelLoadError(_mismatch_message(type(self).__name__, source, missing, unexpected, misshapen))
         keep = [re.compile(pattern) for pattern in self.keep_in_fp32]
         converted = {}
         for key, tensor in state.items():

@@ -111,9 +111,7 @@ class DiffusionPipeline:
 
         self.framework = self.framework or Framework()
         current = self.__dict__.get("scheduler")
-        self.__dict__["scheduler"] = self.framework.scheduler(
-            name, current.config if current else None, **overrides
-        )
+        self.__dict__["scheduler"] = self.framework.scheduler(name, current.config if current else None, **overrides)
         return self.__dict__["scheduler"]
 
     # --- progress -----------------------------------------------------------------------------------------------
@@ -233,9 +231,7 @@ class DiffusionPipeline:
                     f"{name}/ folder and its entry, or pass {name}=... to from_pretrained."
                 )
             if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
-                raise ModelLoadError(
-                    f"{root / INDEX_NAME}: entry {name!r} must be [library, class], got {entry!r}"
-                )
+                raise ModelLoadError(f"{root / INDEX_NAME}: entry {name!r} must be [library, class], got {entry!r}")
             folder = root / name
             if not folder.is_dir():
                 if component.optional:

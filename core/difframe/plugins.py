@@ -96,9 +96,7 @@ class PluginLoader:
     def _register(self, info: PluginInfo, plugin: Any) -> None:
         try:
             self.manager.register(plugin, name=info.name)
-        except (
-            Exception
-        ) as error:  # pluggy rejects hook implementations whose arguments do not match the spec
+        except Exception as error:  # pluggy rejects hook implementations whose arguments do not match the spec
             self._problem(info, "import", f"invalid hook implementation: {_short_error(error)}")
             return
         info.hooks = sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or [])

@@ -24,9 +24,7 @@ class SchedulerOutput:
 
 def betas_for_alpha_bar(num_steps: int, alpha_bar: Any, max_beta: float = 0.999) -> torch.Tensor:
     """Discretize a continuous alpha_bar(t), t in [0, 1], into betas (Nichol & Dhariwal 2021)."""
-    betas = [
-        min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), max_beta) for i in range(num_steps)
-    ]
+    betas = [min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), max_beta) for i in range(num_steps)]
     return torch.tensor(betas, dtype=torch.float32)
 
 
@@ -45,14 +43,10 @@ def make_betas(
     if beta_schedule == "scaled_linear":  # linear in sqrt(beta): the Stable Diffusion schedule
         return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
     if beta_schedule == "squaredcos_cap_v2":
-        return betas_for_alpha_bar(
-            num_train_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-        )
+        return betas_for_alpha_bar(num_train_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
     if beta_schedule == "sqrt":  # alpha_bar(t) = 1 - sqrt(t + s), Li et al. 2022 (Diffusion-LM)
         return betas_for_alpha_bar(num_train_timesteps, lambda t: 1 - math.sqrt(t + 0.0001))
-    raise ValueError(
-        f"unknown beta_schedule {beta_schedule!r}; use linear, scaled_linear, squaredcos_cap_v2 or sqrt"
-    )
+    raise ValueError(f"unknown beta_schedule {beta_schedule!r}; use linear, scaled_linear, squaredcos_cap_v2 or sqrt")
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
@@ -79,9 +73,7 @@ class SchedulerMixin(ConfigMixin):
     timesteps: torch.Tensor
     num_inference_steps: int | None = None
 
-    def set_timesteps(
-        self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any
-    ) -> None:
+    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
         raise NotImplementedError
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:

@@ -85,9 +85,7 @@ class ConditionerSpec(ComponentSpec):
 class AttentionProcessorSpec(ComponentSpec):
     kind: ClassVar[str] = "attention_processor"
     role: Literal["backend", "addon"] = "backend"
-    priority: int = Field(
-        default=0, description="'auto' picks the available backend with the highest priority"
-    )
+    priority: int = Field(default=0, description="'auto' picks the available backend with the highest priority")
 
 
 class PipelineSpec(ComponentSpec):
@@ -96,8 +94,7 @@ class PipelineSpec(ComponentSpec):
 
 
 SPEC_TYPES: dict[str, type[ComponentSpec]] = {
-    spec.kind: spec
-    for spec in (SchedulerSpec, ModelSpec, ConditionerSpec, AttentionProcessorSpec, PipelineSpec)
+    spec.kind: spec for spec in (SchedulerSpec, ModelSpec, ConditionerSpec, AttentionProcessorSpec, PipelineSpec)
 }
 HOOK_KINDS: dict[str, str] = {
     "register_scheduler": "scheduler",

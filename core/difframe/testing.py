@@ -58,9 +58,7 @@ class ToyScheduler(SchedulerMixin):
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
 
-    def set_timesteps(
-        self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any
-    ) -> None:
+    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
         if not num_inference_steps or num_inference_steps < 1:
             raise ValueError("num_inference_steps must be at least 1")
         self.num_inference_steps = num_inference_steps

@@ -17,7 +17,7 @@ def with_variant(filename: str, variant: str | None) -> str:
     """'model.safetensors' + 'fp16' -> 'model.fp16.safetensors'."""
     if not variant:
         return filename
-    stem, dot, suffix = filename.partition(".")
+    stem, _, suffix = filename.partition(".")
     return f"{stem}.{variant}.{suffix}"
 
 
