@@ -1,0 +1,30 @@
+"""The core's own registrations, found through the 'difframe' entry point like any plugin's."""
+
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def register_attention_processor(register) -> None:
+    register(
+        name="sdpa",
+        factory="difframe.attention:SDPABackend",
+        aliases=("default", "torch"),
+        priority=10,
+        description="torch scaled_dot_product_attention (flash / memory-efficient kernels where torch has them)",
+    )
+    register(
+        name="sliced",
+        factory="difframe.attention:SlicedBackend",
+        aliases=("attention_slicing",),
+        priority=0,
+        description="attention a few heads at a time, for low memory; slice_size='auto', 'max' or a number",
+    )
+    register(
+        name="reference",
+        factory="difframe.attention:ReferenceBackend",
+        aliases=("math",),
+        priority=-10,
+        description="plain float32 softmax(QK^T)V: slow, the yardstick the others are tested against",
+    )
