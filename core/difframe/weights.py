@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -76,6 +77,11 @@ def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
                 state.update(load_file(path, device="cpu"))
             else:
                 state.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        except pickle.UnpicklingError as error:
+            raise ModelLoadError(
+                f"refused to load {path}: the pickle holds objects other than tensors, which could run code "
+                f"({str(error).splitlines()[-1].strip()}). Convert the checkpoint to safetensors where you trust it."
+            ) from None
         except (SafetensorError, RuntimeError, OSError, EOFError) as error:
             raise ModelLoadError(
                 f"cannot read weights file {path}: {error}. The file is damaged or truncated; download or save it "
