@@ -54,12 +54,13 @@ class ReferenceBackend:
 class SlicedBackend:
     """Attention over a few (batch x head) slices at a time: peak memory of one slice's score matrix.
 
-    slice_size: "auto" (half the heads), "max" (one slice at a time: least memory) or a number of slices' rows.
+    slice_size: "auto" (half the heads at a time), "max" (one head of one sample at a time: least memory), or a
+    number of (sample, head) pairs per slice.
     """
 
     def __init__(self, slice_size: int | Literal["auto", "max"] = "auto") -> None:
-        if isinstance(slice_size, int) and slice_size < 1:
-            raise ValueError(f"slice_size must be at least 1, 'auto' or 'max', got {slice_size}")
+        if not (slice_size in ("auto", "max") or (isinstance(slice_size, int) and slice_size >= 1)):
+            raise ValueError(f"slice_size must be 'auto', 'max' or a whole number of at least 1, got {slice_size!r}")
         self.slice_size = slice_size
 
     def _rows(self, heads: int) -> int:
@@ -68,17 +69,20 @@ class SlicedBackend:
         return 1 if self.slice_size == "max" else int(self.slice_size)
 
     def attend(self, query, key, value, *, mask, scale):
-        batch, heads = query.shape[:2]
+        batch, heads, q_len = query.shape[:3]
+        k_len = key.shape[2]
         q, k, v = (t.reshape(batch * heads, *t.shape[2:]) for t in (query, key, value))
-        if mask is not None:
-            mask = mask.expand(batch, heads, q.shape[1], k.shape[1]).reshape(batch * heads, q.shape[1], k.shape[1])
-        out = torch.empty_like(q[..., :1].expand(*q.shape[:-1], v.shape[-1]))
+        if mask is not None:  # a broadcast view; each slice copies only its own rows
+            mask = mask.expand(batch, heads, q_len, k_len)
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
         rows = self._rows(heads)
         for start in range(0, q.shape[0], rows):
             part = slice(start, start + rows)
-            out[part] = F.scaled_dot_product_attention(
-                q[part], k[part], v[part], attn_mask=None if mask is None else mask[part], scale=scale
-            )
+            part_mask = None
+            if mask is not None:
+                index = torch.arange(start, min(start + rows, q.shape[0]), device=mask.device)
+                part_mask = mask[index // heads, index % heads]
+            out[part] = F.scaled_dot_product_attention(q[part], k[part], v[part], attn_mask=part_mask, scale=scale)
         return out.reshape(batch, heads, *out.shape[1:])
 
 
@@ -175,26 +179,60 @@ def attention_modules(model: nn.Module) -> Iterator[tuple[str, Attention]]:
             yield name, module
 
 
+Processor = AttentionBackend | AttentionAddon | str | None
+
+
 def set_attention(
     model: nn.Module,
-    processor: AttentionBackend | AttentionAddon | Mapping[str, AttentionBackend | AttentionAddon],
+    processor: Processor | Mapping[str, Processor],
+    *,
+    framework: Any = None,
+    **options: Any,
 ) -> None:
-    """Set a backend or add-on on every attention module, or per module with {module_name: processor}."""
+    """Set the attention of every attention module of ``model``, or per module with ``{name: processor}``.
+
+    A processor is a backend object (has ``attend``), an add-on (callable), ``None`` (remove the add-on), or the
+    registered name of either: ``"sdpa"``, ``"sliced"`` (``slice_size=...`` in ``options``), ``"reference"``, a
+    plugin's name, or ``"auto"`` for the best available backend. A mapping key names a module
+    (``"mid_block.attentions.0.transformer_blocks.0.attn1"``) or a parent module (``"mid_block"``: all inside it).
+    """
     modules = dict(attention_modules(model))
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no attention modules")
     if isinstance(processor, Mapping):
-        unknown = processor.keys() - modules.keys()
-        if unknown:
-            raise KeyError(f"no attention module(s) {sorted(unknown)[:3]}; the model has e.g. {list(modules)[:3]}")
-        targets = [(modules[name], p) for name, p in processor.items()]
+        targets: list[tuple[Attention, Processor]] = []
+        for key, chosen in processor.items():
+            matched = [m for name, m in modules.items() if name == key or name.startswith(f"{key}.")]
+            if not matched:
+                raise KeyError(
+                    f"no attention module {key!r} or modules under it; the model has e.g. {list(modules)[:3]}"
+                )
+            targets += [(module, chosen) for module in matched]
     else:
         targets = [(module, processor) for module in modules.values()]
+    built: dict[str, Any] = {}  # one object per registered name, shared by the modules that use it
     for module, chosen in targets:
-        if isinstance(chosen, AttentionBackend):
+        if isinstance(chosen, str):
+            if chosen not in built:
+                built[chosen] = build_processor(chosen, framework=framework, **options)
+            chosen = built[chosen]
+        if chosen is None:
+            module.addon = None
+        elif isinstance(chosen, AttentionBackend):
             module.backend = chosen
         elif callable(chosen):
             module.addon = chosen
         else:
             raise TypeError(f"{type(chosen).__name__} is neither an attention backend (attend) nor an add-on")
+
+
+def build_processor(name: str, *, framework: Any = None, **options: Any) -> AttentionBackend | AttentionAddon:
+    """A registered attention processor by name ("auto": the best available backend), built with ``options``."""
+    if framework is None:
+        from .framework import Framework
+
+        framework = Framework()
+    return framework.create("attention_processor", resolve_backend_name(framework, name), **options)
 
 
 def resolve_backend_name(framework: Any, name: str) -> str:

@@ -89,6 +89,17 @@ class ModelMixin(nn.Module, ConfigMixin):
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = value
 
+    # --- attention ----------------------------------------------------------------------------------------------
+    def set_attention(self, processor: Any, framework: Any = None, **options: Any) -> None:
+        """Choose the attention of every attention module, or per module with ``{module_name: processor}``.
+
+        ``processor``: a registered name ("auto", "sdpa", "sliced", "reference", a plugin's), a backend or add-on
+        object, or ``None`` to remove add-ons; ``options`` go to the named processor (``slice_size=4``).
+        """
+        from .attention import set_attention
+
+        set_attention(self, processor, framework=framework, **options)
+
     # --- saving -------------------------------------------------------------------------------------------------
     def save_pretrained(
         self,
