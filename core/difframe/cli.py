@@ -102,11 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, framework: Any = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] != ["plugins"]:  # plugin commands cost a full discovery; `plugins` needs only its own
-        _add_plugin_commands(parser)
+        _add_plugin_commands(parser, framework)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -120,12 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _add_plugin_commands(parser: argparse.ArgumentParser) -> None:
+def _add_plugin_commands(parser: argparse.ArgumentParser, framework: Any = None) -> None:
+    """Let each plugin add subcommands; one that fails is reported on stderr and skipped."""
     from .framework import Framework
 
-    framework = Framework()
+    framework = framework or Framework()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    framework.plugin_manager.hook.register_commands(cli=subparsers)
+    for impl in framework.plugin_manager.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=subparsers)
+        except Exception as error:
+            print(f"warning: plugin {impl.plugin_name!r} failed to add its commands: {error}", file=sys.stderr)
 
 
 if __name__ == "__main__":
