@@ -194,3 +194,44 @@ def test_unknown_name_lists_installed_and_suggests_closest():
 def test_unknown_name_says_which_package_provides_it():
     with pytest.raises(UnknownComponentError, match=r"provided by the package 'difframe-plugin-lcm': pip install"):
         Framework(plugins=[ToyPlugin()]).scheduler("lcm")
+
+
+def test_every_registration_hook_lands_in_its_kind():
+    class Plugin:
+        __name__ = "every-hook"
+
+        @hookimpl
+        def register_scheduler(self, register):
+            register(name="s", factory="a:b")
+
+        @hookimpl
+        def register_model(self, register):
+            register(name="m", factory="a:b", role="denoiser", loads=[("diffusers", "UNet2DConditionModel")])
+
+        @hookimpl
+        def register_conditioner(self, register):
+            register(name="c", factory="a:b", modality="image")
+
+        @hookimpl
+        def register_attention_processor(self, register):
+            register(name="a", factory="a:b", role="addon")
+
+        @hookimpl
+        def register_pipeline(self, register):
+            register(name="p", factory="a:b", default_model="org/model")
+
+    framework = Framework(plugins=[Plugin()])
+    assert (framework.schedulers, framework.models, framework.conditioners) == (["s"], ["m"], ["c"])
+    assert (framework.attention_processors, framework.pipelines) == (["a"], ["p"])
+    assert framework.registry.for_layout("diffusers", "UNet2DConditionModel").name == "m"
+    assert framework.get("conditioner", "c").spec.modality == "image"
+    assert framework.get("pipeline", "p").spec.default_model == "org/model"
+    assert framework.plugins[0].hooks == sorted(
+        [
+            "register_scheduler",
+            "register_model",
+            "register_conditioner",
+            "register_attention_processor",
+            "register_pipeline",
+        ]
+    )
