@@ -1,14 +1,27 @@
-"""SchedulerMixin: the interface every sampler shares, and the noise-schedule math they all use."""
+"""SchedulerMixin: the interface every sampler shares, and the noise-schedule math they all use.
+
+Notation: ``alphas_cumprod[t]`` is the signal fraction ᾱ_t of training timestep t; ``sigma = sqrt((1 - ᾱ) / ᾱ)`` is the
+noise level of the equivalent variance-exploding process (k-diffusion's σ), so ``x_σ = x_0 + σ·ε`` and
+``x_t = x_σ / sqrt(σ² + 1)``.
+"""
 
 from __future__ import annotations
 
 import math
+from itertools import pairwise
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 
 from .configuration import ConfigMixin
+
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sqrt"]
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+TimestepSpacing = Literal["leading", "trailing", "linspace"]
+FinalSigmas = Literal["zero", "sigma_min"]
 
 
 @dataclass
@@ -22,6 +35,7 @@ class SchedulerOutput:
         return iter((self.prev_sample, self.pred_original_sample))
 
 
+# --- the training noise schedule -------------------------------------------------------------------------------
 def betas_for_alpha_bar(num_steps: int, alpha_bar: Any, max_beta: float = 0.999) -> torch.Tensor:
     """Discretize a continuous alpha_bar(t), t in [0, 1], into betas (Nichol & Dhariwal 2021)."""
     betas = [min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), max_beta) for i in range(num_steps)]
@@ -44,7 +58,9 @@ def make_betas(
         return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
     if beta_schedule == "squaredcos_cap_v2":
         return betas_for_alpha_bar(num_train_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
-    if beta_schedule == "sqrt":  # alpha_bar(t) = 1 - sqrt(t + s), Li et al. 2022 (Diffusion-LM)
+    if beta_schedule == "sqrt":
+        # Not in the reference library: the schedule of Li et al. 2022 (Diffusion-LM), alpha_bar(t) = 1 - sqrt(t + s)
+        # with s = 1e-4, discretized like the cosine one. beta_start/beta_end are ignored, as for the cosine one.
         return betas_for_alpha_bar(num_train_timesteps, lambda t: 1 - math.sqrt(t + 0.0001))
     raise ValueError(f"unknown beta_schedule {beta_schedule!r}; use linear, scaled_linear, squaredcos_cap_v2 or sqrt")
 
@@ -58,6 +74,188 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     alpha_bar = sqrt_alpha_bar**2
     alphas = torch.cat([alpha_bar[0:1], alpha_bar[1:] / alpha_bar[:-1]])
     return 1 - alphas
+
+
+def make_alphas_cumprod(
+    num_train_timesteps: int,
+    beta_start: float,
+    beta_end: float,
+    beta_schedule: str,
+    trained_betas: Any = None,
+    rescale_betas_zero_snr: bool = False,
+    *,
+    finite_sigmas: bool = False,
+) -> torch.Tensor:
+    """ᾱ_t for every training timestep. ``finite_sigmas``: with a zero-SNR schedule, nudge ᾱ_T from 0 to 2⁻²⁴ so
+    that σ_T stays finite (samplers that work in σ need it)."""
+    betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+    if rescale_betas_zero_snr:
+        betas = rescale_zero_terminal_snr(betas)
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    if rescale_betas_zero_snr and finite_sigmas:
+        alphas_cumprod[-1] = 2**-24
+    return alphas_cumprod
+
+
+# --- choosing inference timesteps ------------------------------------------------------------------------------
+def spaced_timesteps(
+    spacing: str, num_train_timesteps: int, steps: int, steps_offset: int = 0, *, multistep: bool = False
+) -> np.ndarray:
+    """Descending training timesteps for ``steps`` inference steps (float64; 'linspace' is left unrounded).
+
+    leading: multiples of T // steps from 0 (plus steps_offset); trailing: from T - 1 down in steps of T / steps;
+    linspace: evenly from T - 1 to 0. ``multistep``: the spacing of the multistep solvers, which lay out
+    steps + 1 points and drop the last, so the schedule never ends exactly at t = 0.
+    """
+    T = num_train_timesteps
+    if spacing == "linspace":
+        if multistep:
+            return np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].copy()
+        return np.linspace(0, T - 1, steps)[::-1].copy()
+    if spacing == "leading":
+        n = steps + 1 if multistep else steps
+        timesteps = (np.arange(0, n) * (T // n)).round()[::-1].astype(np.float64)
+        return (timesteps[:-1] if multistep else timesteps) + steps_offset
+    if spacing == "trailing":
+        return np.round(np.arange(T, 0, -T / steps)) - 1
+    raise ValueError(f"unknown timestep_spacing {spacing!r}; use leading, trailing or linspace")
+
+
+def check_steps(num_inference_steps: int | None, timesteps: Any, sigmas: Any, num_train_timesteps: int) -> None:
+    """Clear errors for the ways set_timesteps can be called wrongly."""
+    given = [name for name, v in (("timesteps", timesteps), ("sigmas", sigmas)) if v is not None]
+    if num_inference_steps is None and not given:
+        raise ValueError("set_timesteps needs num_inference_steps, or an explicit list of timesteps or sigmas")
+    if len(given) + (num_inference_steps is not None) > 1:
+        both = " and ".join(["num_inference_steps", *given] if num_inference_steps is not None else given)
+        raise ValueError(f"pass only one of num_inference_steps, timesteps or sigmas (got {both})")
+    if num_inference_steps is not None:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise TypeError(f"num_inference_steps must be an int, got {num_inference_steps!r}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if num_inference_steps > num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps ({num_inference_steps}) cannot exceed num_train_timesteps ({num_train_timesteps})"
+            )
+    if timesteps is not None:
+        values = [float(t) for t in timesteps]
+        if not values:
+            raise ValueError("timesteps must not be empty")
+        if any(b >= a for a, b in pairwise(values)):
+            raise ValueError(f"timesteps must be strictly decreasing, got {values}")
+        if values[-1] < 0 or values[0] > num_train_timesteps - 1:
+            raise ValueError(f"timesteps must lie in [0, {num_train_timesteps - 1}], got {values}")
+    if sigmas is not None:
+        values = [float(s) for s in sigmas]
+        if len(values) < 2:
+            raise ValueError("sigmas needs at least two values: the noise levels to step from and the final one")
+        if any(b >= a for a, b in pairwise(values)) or values[-1] < 0:
+            raise ValueError(f"sigmas must be strictly decreasing and non-negative, got {values}")
+
+
+# --- noise levels ----------------------------------------------------------------------------------------------
+def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> np.ndarray:
+    """σ of every training timestep, ascending with t (float32)."""
+    return np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+
+
+def sigma_to_t(sigmas: Any, log_sigmas: np.ndarray) -> np.ndarray:
+    """The (fractional) training timestep of each σ: linear interpolation in log σ between neighbouring timesteps."""
+    sigmas = np.asarray(sigmas)
+    log_sigma = np.log(np.maximum(sigmas, 1e-10)).reshape(-1)
+    dists = log_sigma[None, :] - log_sigmas[:, None]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
+    return ((1 - w) * low + w * (low + 1)).reshape(sigmas.shape)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> np.ndarray:
+    """Noise levels evenly spaced in σ^(1/ρ) (Karras et al. 2022, eq. 5)."""
+    ramp = np.linspace(0, 1, steps)
+    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, steps: int) -> np.ndarray:
+    """Noise levels evenly spaced in log σ."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), steps))
+
+
+def respace_sigmas(
+    sigmas: np.ndarray,
+    steps: int,
+    karras: bool,
+    exponential: bool,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+) -> np.ndarray | None:
+    """Karras or exponential noise levels between the ends of ``sigmas`` (descending), or None if neither is on."""
+    if karras and exponential:
+        raise ValueError("use_karras_sigmas and use_exponential_sigmas cannot both be on; choose one")
+    if not (karras or exponential):
+        return None
+    lo = sigma_min if sigma_min is not None else float(sigmas[-1])
+    hi = sigma_max if sigma_max is not None else float(sigmas[0])
+    return karras_sigmas(lo, hi, steps) if karras else exponential_sigmas(lo, hi, steps)
+
+
+def alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α_t, σ_t) of the variance-preserving process at VE noise level σ: α_t = 1/sqrt(σ² + 1), σ_t = σ·α_t."""
+    alpha_t = 1 / (sigma**2 + 1) ** 0.5
+    return alpha_t, sigma * alpha_t
+
+
+# --- model outputs -------------------------------------------------------------------------------------------------
+def x0_from_alpha(
+    prediction_type: str, model_output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂_0, ε̂) from a model output at a timestep with signal fraction ᾱ (DDPM parameterization)."""
+    beta_prod = 1 - alpha_prod
+    if prediction_type == "epsilon":
+        return (sample - beta_prod**0.5 * model_output) / alpha_prod**0.5, model_output
+    if prediction_type == "sample":
+        return model_output, (sample - alpha_prod**0.5 * model_output) / beta_prod**0.5
+    if prediction_type == "v_prediction":
+        return (
+            alpha_prod**0.5 * sample - beta_prod**0.5 * model_output,
+            alpha_prod**0.5 * model_output + beta_prod**0.5 * sample,
+        )
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; use epsilon, v_prediction or sample")
+
+
+def x0_from_sigma(prediction_type: str, model_output: torch.Tensor, sample: torch.Tensor, sigma: Any) -> torch.Tensor:
+    """x̂_0 from a model output at VE noise level σ, ``sample`` being the unscaled x_σ (k-diffusion)."""
+    if prediction_type == "epsilon":
+        return sample - sigma * model_output
+    if prediction_type == "v_prediction":
+        return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
+    if prediction_type == "sample":
+        return model_output
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; use epsilon, v_prediction or sample")
+
+
+def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding: clamp each sample to its ``ratio`` quantile s of |x| (s in [1, max_value])
+    and divide by s, so saturated pixels are pushed inwards instead of clipped (Saharia et al. 2022)."""
+    dtype = sample.dtype
+    flat = sample.float().reshape(sample.shape[0], -1)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(dtype)
+
+
+def randn_like(
+    sample: torch.Tensor, generator: torch.Generator | None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Gaussian noise shaped like ``sample``, drawn on the generator's device so a seed gives the same noise
+    whatever device the sample is on."""
+    device = generator.device if generator is not None else sample.device
+    noise = torch.randn(sample.shape, generator=generator, device=device, dtype=dtype or sample.dtype)
+    return noise.to(sample.device)
+
+
+def broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-sample scalars shaped to broadcast against a batch."""
+    return values.flatten().reshape(-1, *([1] * (like.ndim - 1)))
 
 
 class SchedulerMixin(ConfigMixin):
@@ -89,3 +287,183 @@ class SchedulerMixin(ConfigMixin):
 
     def __len__(self) -> int:
         return int(self.config.get("num_train_timesteps", 1000))
+
+
+class AlphaScheduler(SchedulerMixin):
+    """Base of the samplers that step between integer training timesteps using ᾱ_t (DDPM, DDIM, PNDM, LCM...).
+
+    Subclasses call ``_init_alphas`` from ``__init__``.
+    """
+
+    alphas_cumprod: torch.Tensor
+    final_alpha_cumprod: torch.Tensor
+
+    def _init_alphas(self, *, set_alpha_to_one: bool = True) -> None:
+        c = self.config
+        self.alphas_cumprod = make_alphas_cumprod(
+            c.num_train_timesteps,
+            c.beta_start,
+            c.beta_end,
+            c.beta_schedule,
+            c.trained_betas,
+            c.get("rescale_betas_zero_snr", False),
+        )
+        # ᾱ "before" timestep 0: 1 (a clean image) or ᾱ_0 (stop one step short of clean).
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+        self.timesteps = torch.arange(c.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
+        self.num_inference_steps = None
+
+    def alpha_prod_at(self, timestep: Any) -> torch.Tensor:
+        return self.alphas_cumprod[timestep] if timestep >= 0 else self.final_alpha_cumprod
+
+    def _spaced(self, num_inference_steps: int | None, timesteps: Sequence[int] | None, device: Any) -> None:
+        """Set integer timesteps from the config's spacing, or from an explicit descending list."""
+        c = self.config
+        check_steps(num_inference_steps, timesteps, None, c.num_train_timesteps)
+        if timesteps is not None:
+            values = np.array([int(t) for t in timesteps], dtype=np.int64)
+        else:
+            values = spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset)
+            values = values.round().astype(np.int64)
+        self.num_inference_steps = len(values)
+        self.timesteps = torch.from_numpy(values).to(device)
+
+    def postprocess_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding or clipping of x̂_0, where the config asks for it."""
+        c = self.config
+        if c.get("thresholding"):
+            return dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
+        if c.get("clip_sample"):
+            return x0.clamp(-c.clip_sample_range, c.clip_sample_range)
+        return x0
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 - ᾱ_t)·ε, for training timesteps (one per sample, or one for all)."""
+        alphas_cumprod = self.alphas_cumprod.to(device=original.device, dtype=original.dtype)
+        alpha_prod = broadcast(alphas_cumprod[torch.as_tensor(timesteps, device=original.device)], original)
+        return alpha_prod**0.5 * original + (1 - alpha_prod) ** 0.5 * noise
+
+
+class SigmaScheduler(SchedulerMixin):
+    """Base of the samplers that integrate over σ, k-diffusion style (Euler, Heun, LMS, DPM2, DPM++ SDE...).
+
+    ``self.sigmas`` holds one σ per step plus the final one; ``self.timesteps`` the (fractional) training timestep
+    of each step, which is what the model is given. The sample lives in the σ parameterization x_σ = x_0 + σ·ε,
+    so ``scale_model_input`` divides by sqrt(σ² + 1) before the model sees it.
+    """
+
+    sigmas: torch.Tensor
+    _step_index: int | None = None
+    _begin_index: int | None = None
+
+    def _init_sigmas(self) -> None:
+        c = self.config
+        self.alphas_cumprod = make_alphas_cumprod(
+            c.num_train_timesteps,
+            c.beta_start,
+            c.beta_end,
+            c.beta_schedule,
+            c.trained_betas,
+            c.get("rescale_betas_zero_snr", False),
+            finite_sigmas=True,
+        )
+        self.num_inference_steps = None
+        train_sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod)).flip(0)
+        self.sigmas = torch.cat([train_sigmas, torch.zeros(1)])
+        self.timesteps = torch.arange(c.num_train_timesteps - 1, -1, -1, dtype=torch.float32)
+
+    @property
+    def init_noise_sigma(self) -> torch.Tensor:  # type: ignore[override]
+        sigma_max = self.sigmas.max()
+        # 'leading' starts below T - 1, where the model was trained on x_t, not on x_σ: scale up like x_t would be.
+        return sigma_max if self.config.timestep_spacing in ("linspace", "trailing") else (sigma_max**2 + 1) ** 0.5
+
+    def _sigma_schedule(
+        self,
+        num_inference_steps: int | None,
+        timesteps: Sequence[float] | None,
+        sigmas: Sequence[float] | None,
+        *,
+        round_karras: bool = False,
+        dtype: Any = np.float32,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(training timestep per step, σ per step plus the final σ) for the config's spacing and Karras/exponential
+        options, or for explicit timesteps or σs. ``dtype``: of the spaced timesteps that σ is interpolated at."""
+        c = self.config
+        check_steps(num_inference_steps, timesteps, sigmas, c.num_train_timesteps)
+        train_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod)
+        log_sigmas = np.log(train_sigmas)
+        if sigmas is not None:
+            chosen = np.array([float(s) for s in sigmas], dtype=np.float32)
+            return sigma_to_t(chosen[:-1], log_sigmas), chosen
+        if timesteps is not None:
+            if c.get("use_karras_sigmas") or c.get("use_exponential_sigmas"):
+                raise ValueError("explicit timesteps cannot be combined with use_karras_sigmas/use_exponential_sigmas")
+            steps = np.array([float(t) for t in timesteps], dtype=dtype)
+        else:
+            steps = spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset)
+            steps = steps.astype(dtype)
+        chosen = np.interp(steps, np.arange(0, len(train_sigmas)), train_sigmas)
+        respaced = respace_sigmas(
+            chosen,
+            len(steps),
+            c.get("use_karras_sigmas", False),
+            c.get("use_exponential_sigmas", False),
+            c.get("sigma_min"),
+            c.get("sigma_max"),
+        )
+        if respaced is not None:
+            chosen, steps = respaced, sigma_to_t(respaced, log_sigmas)
+            if round_karras and c.get("use_karras_sigmas"):
+                steps = steps.round()
+        return steps, np.concatenate([chosen, [self._final_sigma()]]).astype(np.float32)
+
+    def _final_sigma(self) -> float:
+        """σ after the last step: 0 (a clean sample) or, with final_sigmas_type='sigma_min', the σ of timestep 0."""
+        if self.config.get("final_sigmas_type", "zero") == "sigma_min":
+            return float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+        return 0.0
+
+    def _reset(self) -> None:
+        self._step_index = None
+        self._begin_index = None
+
+    # --- where in the schedule we are ----------------------------------------------------------------------------
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at this step (image-to-image pipelines that skip the first steps call it)."""
+        self._begin_index = begin_index
+
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        matches = (schedule == torch.as_tensor(timestep, device=schedule.device)).nonzero()
+        if len(matches) == 0:
+            raise ValueError(f"timestep {float(timestep)} is not in this sampler's schedule; use scheduler.timesteps")
+        # A timestep listed twice (second-order samplers) means an image-to-image start: take the later entry so
+        # the first step is not skipped.
+        return int(matches[1 if len(matches) > 1 else 0].item())
+
+    def _ensure_step_index(self, timestep: Any) -> int:
+        if self.num_inference_steps is None:
+            raise RuntimeError(f"call set_timesteps before stepping {type(self).__name__}")
+        if self._step_index is None:
+            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
+        return self._step_index
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        sigma = self.sigmas[self._ensure_step_index(timestep)]
+        return sample / (sigma**2 + 1) ** 0.5
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_σ = x_0 + σ·ε at the σ of the given schedule timesteps (from ``self.timesteps``)."""
+        sigmas = self.sigmas.to(device=original.device, dtype=original.dtype)
+        schedule = self.timesteps.to(original.device)
+        timesteps = torch.as_tensor(timesteps, device=original.device).reshape(-1)
+        if self._begin_index is None:
+            indices = [self.index_for_timestep(t, schedule) for t in timesteps]
+        else:
+            indices = [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
+        return original + noise * broadcast(sigmas[indices], original)

@@ -1,0 +1,75 @@
+"""DDIM (Song et al. 2021): deterministic (eta=0) or partly stochastic jumps between training timesteps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from difframe.scheduling import (
+    AlphaScheduler,
+    BetaSchedule,
+    PredictionType,
+    SchedulerOutput,
+    TimestepSpacing,
+    randn_like,
+    x0_from_alpha,
+)
+
+
+class DDIMScheduler(AlphaScheduler):
+    layout_name = ("diffusers", "DDIMScheduler")
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: list[float] | None = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: PredictionType = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: TimestepSpacing = "leading",
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        self._init_alphas(set_alpha_to_one=set_alpha_to_one)
+
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device: Any = None, *, timesteps: Sequence[int] | None = None
+    ) -> None:
+        self._spaced(num_inference_steps, timesteps, device)
+
+    def _prev_timestep(self, timestep: int) -> int:
+        if self.num_inference_steps is None:
+            raise RuntimeError("call set_timesteps before stepping DDIMScheduler")
+        return timestep - self.config.num_train_timesteps // self.num_inference_steps
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+    ) -> SchedulerOutput:
+        t = int(timestep)
+        prev_t = self._prev_timestep(t)
+        a_t, a_prev = self.alphas_cumprod[t], self.alpha_prod_at(prev_t)
+        x0, eps = x0_from_alpha(self.config.prediction_type, model_output, sample, a_t)
+        x0 = self.postprocess_x0(x0)
+        if use_clipped_model_output:
+            eps = (sample - a_t**0.5 * x0) / (1 - a_t) ** 0.5
+        # σ_t of eq. 16: eta = 0 is DDIM, eta = 1 is DDPM's posterior variance.
+        std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+        prev = a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * eps
+        if eta > 0:
+            prev = prev + std * randn_like(model_output, generator)
+        return SchedulerOutput(prev, x0)

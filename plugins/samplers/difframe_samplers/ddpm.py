@@ -1,0 +1,76 @@
+"""DDPM (Ho et al. 2020): ancestral sampling from the posterior q(x_{t-1} | x_t, x̂_0)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from difframe.scheduling import (
+    AlphaScheduler,
+    BetaSchedule,
+    PredictionType,
+    SchedulerOutput,
+    TimestepSpacing,
+    randn_like,
+    x0_from_alpha,
+)
+
+
+class DDPMScheduler(AlphaScheduler):
+    layout_name = ("diffusers", "DDPMScheduler")
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: list[float] | None = None,
+        variance_type: Literal["fixed_small", "fixed_small_log", "fixed_large"] = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: PredictionType = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: TimestepSpacing = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        self._init_alphas()
+
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device: Any = None, *, timesteps: Sequence[int] | None = None
+    ) -> None:
+        self._spaced(num_inference_steps, timesteps, device)
+
+    def _prev_timestep(self, timestep: int) -> int:
+        if self.num_inference_steps is None:
+            return timestep - 1
+        index = int((self.timesteps == timestep).nonzero()[0][0])
+        return int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else -1
+
+    def step(
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: torch.Generator | None = None
+    ) -> SchedulerOutput:
+        t = int(timestep)
+        a_t, a_prev = self.alphas_cumprod[t], self.alpha_prod_at(self._prev_timestep(t))
+        alpha_t = a_t / a_prev
+        beta_t = 1 - alpha_t  # the β of this (possibly multi-timestep) jump
+        x0, _ = x0_from_alpha(self.config.prediction_type, model_output, sample, a_t)
+        x0 = self.postprocess_x0(x0)
+        # Posterior mean, eq. 7 of the paper.
+        mean = (a_prev**0.5 * beta_t / (1 - a_t)) * x0 + (alpha_t**0.5 * (1 - a_prev) / (1 - a_t)) * sample
+        if t == 0:
+            return SchedulerOutput(mean, x0)
+        noise = randn_like(model_output, generator)
+        small = torch.clamp((1 - a_prev) / (1 - a_t) * beta_t, min=1e-20)
+        variance_type = self.config.variance_type
+        if variance_type == "fixed_small":
+            std = small**0.5
+        elif variance_type == "fixed_small_log":
+            std = torch.exp(0.5 * torch.log(small))
+        else:  # fixed_large: the prior's variance β_t
+            std = beta_t**0.5
+        return SchedulerOutput(mean + std * noise, x0)

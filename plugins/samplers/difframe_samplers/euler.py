@@ -1,0 +1,127 @@
+"""Euler and Euler ancestral (Karras et al. 2022, Algorithm 2; k-diffusion's sample_euler / sample_euler_ancestral)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from difframe.scheduling import (
+    BetaSchedule,
+    FinalSigmas,
+    PredictionType,
+    SchedulerOutput,
+    SigmaScheduler,
+    TimestepSpacing,
+    randn_like,
+    x0_from_sigma,
+)
+
+
+class EulerScheduler(SigmaScheduler):
+    """First-order ODE steps x ← x + (σ_next - σ)·(x - x̂_0)/σ; ``s_churn`` > 0 in ``step`` adds Karras' noise
+    injection."""
+
+    layout_name = ("diffusers", "EulerDiscreteScheduler")
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: list[float] | None = None,
+        prediction_type: PredictionType = "epsilon",
+        interpolation_type: Literal["linear"] = "linear",
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        timestep_spacing: TimestepSpacing = "linspace",
+        timestep_type: Literal["discrete"] = "discrete",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        final_sigmas_type: FinalSigmas = "zero",
+    ) -> None:
+        self._init_sigmas()
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: Any = None,
+        *,
+        timesteps: Sequence[float] | None = None,
+        sigmas: Sequence[float] | None = None,
+    ) -> None:
+        steps, sigmas_ = self._sigma_schedule(num_inference_steps, timesteps, sigmas)
+        self.num_inference_steps = len(steps)
+        self.sigmas = torch.from_numpy(sigmas_)
+        self.timesteps = torch.from_numpy(steps.astype("float32")).to(device)
+        self._reset()
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+    ) -> SchedulerOutput:
+        i = self._ensure_step_index(timestep)
+        sample = sample.to(torch.float32)
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+        sigma_hat = sigma * (gamma + 1)
+        if gamma > 0:  # raise the noise level to σ̂ before the step
+            sample = sample + randn_like(model_output, generator) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        # v-prediction is defined at the unperturbed σ, ε-prediction at σ̂.
+        x0 = x0_from_sigma(self.config.prediction_type, model_output, sample, sigma if self._is_v() else sigma_hat)
+        derivative = (sample - x0) / sigma_hat
+        prev = sample + derivative * (sigma_next - sigma_hat)
+        self._step_index = i + 1
+        return SchedulerOutput(prev.to(model_output.dtype), x0)
+
+    def _is_v(self) -> bool:
+        return self.config.prediction_type == "v_prediction"
+
+
+class EulerAncestralScheduler(SigmaScheduler):
+    """Euler to a lower σ_down, then fresh noise σ_up back up to σ_next (σ_down² + σ_up² = σ_next²)."""
+
+    layout_name = ("diffusers", "EulerAncestralDiscreteScheduler")
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: list[float] | None = None,
+        prediction_type: PredictionType = "epsilon",
+        timestep_spacing: TimestepSpacing = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+    ) -> None:
+        self._init_sigmas()
+
+    set_timesteps = EulerScheduler.set_timesteps
+
+    def step(
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: torch.Generator | None = None
+    ) -> SchedulerOutput:
+        i = self._ensure_step_index(timestep)
+        sample = sample.to(torch.float32)
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        x0 = x0_from_sigma(self.config.prediction_type, model_output, sample, sigma)
+        sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+        sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+        prev = sample + (sample - x0) / sigma * (sigma_down - sigma)
+        prev = prev + randn_like(model_output, generator) * sigma_up
+        self._step_index = i + 1
+        return SchedulerOutput(prev.to(model_output.dtype), x0)

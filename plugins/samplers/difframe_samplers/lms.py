@@ -1,0 +1,84 @@
+"""LMS: linear multistep (Adams-Bashforth in σ) over the last ``order`` slopes (k-diffusion's sample_lms)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from difframe.scheduling import (
+    BetaSchedule,
+    PredictionType,
+    SchedulerOutput,
+    SigmaScheduler,
+    TimestepSpacing,
+    x0_from_sigma,
+)
+
+
+def lms_coefficient(nodes: Sequence[float], j: int, start: float, end: float) -> float:
+    """∫ from start to end of the j-th Lagrange basis polynomial over ``nodes`` (exact: it is a polynomial)."""
+    basis = np.poly1d([1.0])
+    for k, node in enumerate(nodes):
+        if k != j:
+            basis *= np.poly1d([1.0, -node]) / (nodes[j] - node)
+    antiderivative = basis.integ()
+    return float(antiderivative(end) - antiderivative(start))
+
+
+class LMSScheduler(SigmaScheduler):
+    layout_name = ("diffusers", "LMSDiscreteScheduler")
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: list[float] | None = None,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        prediction_type: PredictionType = "epsilon",
+        timestep_spacing: TimestepSpacing = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        self._init_sigmas()
+        self.derivatives: list[torch.Tensor] = []
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: Any = None,
+        *,
+        timesteps: Sequence[float] | None = None,
+        sigmas: Sequence[float] | None = None,
+    ) -> None:
+        steps, sigmas_ = self._sigma_schedule(num_inference_steps, timesteps, sigmas)
+        self.num_inference_steps = len(steps)
+        self.sigmas = torch.from_numpy(sigmas_)
+        self.timesteps = torch.from_numpy(steps).to(device=device, dtype=torch.float32)
+        self.derivatives = []
+        self._reset()
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        generator: Any = None,
+        *,
+        order: int = 4,
+    ) -> SchedulerOutput:
+        i = self._ensure_step_index(timestep)
+        sigma = self.sigmas[i]
+        x0 = x0_from_sigma(self.config.prediction_type, model_output, sample, sigma)
+        self.derivatives = [*self.derivatives, (sample - x0) / sigma][-order:]
+        order = min(i + 1, order)
+        nodes = [float(self.sigmas[i - k]) for k in range(order)]  # newest first
+        start, end = float(self.sigmas[i]), float(self.sigmas[i + 1])
+        coefficients = [lms_coefficient(nodes, j, start, end) for j in range(order)]
+        prev = sample + sum(c * d for c, d in zip(coefficients, reversed(self.derivatives)))
+        self._step_index = i + 1
+        return SchedulerOutput(prev, x0)
