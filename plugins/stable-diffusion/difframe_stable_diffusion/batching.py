@@ -1,0 +1,130 @@
+"""Batch planning: prompts x images-per-prompt, one seed per image, and chunks that fit a memory budget.
+
+Every image carries its own prompt, negative prompt and seed, so image i is the same whether it is made alone,
+in a batch, or in any chunk of a batch. No torch import at module level.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image of a batch: which prompt it belongs to and the seed its noise comes from."""
+
+    index: int
+    prompt_index: int
+    seed: int | None
+
+
+def as_prompt_list(value: str | Sequence[str] | None, name: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        if not value:
+            raise ValueError(f"{name} is an empty list")
+        return list(value)
+    raise TypeError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
+
+
+def plan_seeds(total: int, seed: int | Sequence[int] | None = None, seeds: Sequence[int] | None = None) -> list[int]:
+    """One seed per image. ``seed=s`` gives s, s+1, s+2, ... (the web UIs' convention); ``seeds`` lists them all.
+
+    Without either, a random base seed is drawn, so every image still has a seed that reproduces it.
+    """
+    if seed is not None and seeds is not None:
+        raise ValueError("pass seed (one base seed) or seeds (one per image), not both")
+    if seed is not None and not isinstance(seed, int):
+        seeds, seed = seed, None
+    if seeds is not None:
+        seeds = list(seeds)
+        if len(seeds) != total:
+            raise ValueError(
+                f"got {len(seeds)} seeds for {total} images (prompts x num_images_per_prompt); pass one seed per "
+                "image, or a single seed=s for s, s+1, ..."
+            )
+        for value in seeds:
+            _check_seed(value)
+        return [int(s) for s in seeds]
+    if seed is None:
+        seed = random.randrange(MAX_SEED + 1)
+    _check_seed(seed)
+    return [(seed + i) % (MAX_SEED + 1) for i in range(total)]
+
+
+def _check_seed(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**63 - 1:
+        raise ValueError(f"a seed must be a non-negative integer, got {value!r}")
+
+
+def plan_jobs(num_prompts: int, num_images_per_prompt: int, seeds: Sequence[int | None]) -> list[ImageJob]:
+    """Images in the reference library's order: all images of prompt 0, then of prompt 1, ..."""
+    return [
+        ImageJob(index=i, prompt_index=i // num_images_per_prompt, seed=seeds[i])
+        for i in range(num_prompts * num_images_per_prompt)
+    ]
+
+
+def chunk_ranges(total: int, chunk_size: int) -> list[tuple[int, int]]:
+    chunk_size = max(1, int(chunk_size))
+    return [(start, min(start + chunk_size, total)) for start in range(0, total, chunk_size)]
+
+
+def chunk_size_for(total: int, per_image_bytes: int, budget_bytes: int | None) -> int:
+    """How many images run together: as many as fit in the budget (at least one, at most all)."""
+    if budget_bytes is None or per_image_bytes <= 0:
+        return max(total, 1)
+    return max(1, min(total, budget_bytes // per_image_bytes))
+
+
+def parse_bytes(value: int | float | str | None) -> int | None:
+    """8_000_000_000, '8GB', '512 MiB' -> bytes; None -> None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"memory budget must be positive, got {value}")
+        return int(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)I?B?\s*", str(value).upper())
+    if not match:
+        raise ValueError(f"memory budget must be bytes or like '8GB' / '512MB', got {value!r}")
+    result = int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2) or " "))
+    if result <= 0:
+        raise ValueError(f"memory budget must be positive, got {value!r}")
+    return result
+
+
+def available_memory(device: Any) -> int | None:
+    """Free memory on ``device`` in bytes: the accelerator's free memory, or the host's available RAM."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "mps" and hasattr(torch, "mps"):
+        try:
+            return int(torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory())
+        except Exception:
+            return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -1,0 +1,732 @@
+"""What the Stable Diffusion pipelines share: prompt encoding with classifier-free guidance, per-image noise from
+per-image seeds, chunked batches, the denoising loop (callback, interrupt), decoding and output types.
+
+Loading, saving, placement and the progress bar come from difframe's DiffusionPipeline; the subclasses add only
+how a chunk's starting latents are made (and, for inpainting, what happens after each step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from difframe.attention import build_processor, resolve_backend_name, set_attention
+from difframe.pipeline import Component, DiffusionPipeline
+
+from .batching import (
+    ImageJob,
+    as_prompt_list,
+    available_memory,
+    chunk_ranges,
+    chunk_size_for,
+    parse_bytes,
+    plan_jobs,
+    plan_seeds,
+)
+from .metadata import GenerationParameters, png_info
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+AUTO_BUDGET_FRACTION = 0.8  # of the free memory, when no budget is set
+
+
+def rescale_noise_cfg(guided: torch.Tensor, conditional: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2023, sec. 3.4): give the guided prediction the per-image standard deviation of
+    the conditional one, blended with the plain guided prediction by ``guidance_rescale``."""
+    dims = list(range(1, conditional.ndim))
+    ratio = conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    return guidance_rescale * (guided * ratio) + (1 - guidance_rescale) * guided
+
+
+@dataclass
+class StableDiffusionOutput:
+    """Images (a list of PIL images, an (N, H, W, 3) float array, an (N, 3, H, W) tensor or latents), each image's
+    seed and generation parameters, and whether a callback interrupted the run."""
+
+    images: Any
+    seeds: list[int | None]
+    parameters: list[GenerationParameters]
+    interrupted: bool = False
+    nsfw_content_detected: None = None  # no safety checker; kept for code written against the reference
+
+    def __iter__(self):
+        return iter((self.images, self.nsfw_content_detected))
+
+    def save(self, folder: str | os.PathLike[str], prefix: str = "") -> list[Path]:
+        """Save PIL images as PNGs with their parameters embedded: ``<prefix><index>-<seed>.png``."""
+        if not isinstance(self.images, list):
+            raise TypeError("only output_type='pil' images can be saved as PNG")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index, (image, params) in enumerate(zip(self.images, self.parameters)):
+            name = f"{prefix}{index:05d}" + (f"-{params.seed}" if params.seed is not None else "") + ".png"
+            path = _unique(folder / name)
+            image.save(path, format="PNG", pnginfo=png_info(params))
+            paths.append(path)
+        return paths
+
+
+def _unique(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+@dataclass
+class Chunk:
+    """The images of one chunk: their jobs, noise generators and (guidance-ordered) text embeddings."""
+
+    start: int
+    stop: int
+    jobs: list[ImageJob]
+    generators: list[torch.Generator] | torch.Generator | None
+    embeds: torch.Tensor  # [uncond..., cond...] with guidance, else cond
+    guided: bool
+    latents: torch.Tensor | None = None  # user-given starting latents for these images
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+class StableDiffusionBase(DiffusionPipeline):
+    """Shared base of the Stable Diffusion pipelines (components named as in the shared model layout)."""
+
+    layout_name: ClassVar[tuple[str, str] | None] = ("diffusers", "StableDiffusionPipeline")
+    vae = Component("model", description="KL autoencoder: images <-> latents")
+    text_encoder = Component("model", description="CLIP text encoder")
+    tokenizer = Component("model", description="CLIP tokenizer")
+    unet = Component("model", description="the denoiser")
+    scheduler = Component("scheduler", description="the sampler")
+
+    def __init__(self, **components: Any) -> None:
+        super().__init__(**components)
+        self.model_name: str | None = None
+        self.memory_budget: int | None = None  # None: automatic, from free memory
+        self._offload_device: torch.device | None = None
+        self._active_module: torch.nn.Module | None = None
+        self._interrupted = False
+        self._conditioner_cache: Any = None
+        self.timings: dict[str, float] | None = None  # set to {} to measure time inside the model calls
+
+    # --- building -----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, reference: str | os.PathLike[str], **options: Any) -> Any:
+        """As DiffusionPipeline.from_pretrained; a sampler or attention name is checked before any weight loads."""
+        from difframe.framework import Framework
+
+        framework = options.get("framework") or Framework()
+        options["framework"] = framework
+        if isinstance(options.get("scheduler"), str):
+            framework.get("scheduler", options["scheduler"])
+        if options.get("attention") is not None and isinstance(options["attention"], str):
+            _check_attention_name(framework, options["attention"])
+        pipeline = super().from_pretrained(reference, **options)
+        pipeline.model_name = _model_name(reference)
+        return pipeline
+
+    def apply_options(
+        self,
+        attention: Any = None,
+        memory_budget: int | str | None = None,
+        attention_slicing: bool | int | str = False,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
+        cpu_offload: bool | str | torch.device = False,
+        **rest: Any,
+    ) -> None:
+        """Build options: ``attention`` ("auto", "sdpa", "sliced", a plugin's backend), ``memory_budget`` (bytes or
+        "8GB"; default automatic), ``attention_slicing``, ``vae_slicing``, ``vae_tiling``, ``cpu_offload``."""
+        super().apply_options(**rest)
+        if attention is not None:
+            self.set_attention(attention)
+        if attention_slicing:
+            self.enable_attention_slicing("auto" if attention_slicing is True else attention_slicing)
+        if vae_slicing:
+            self.enable_vae_slicing()
+        if vae_tiling:
+            self.enable_vae_tiling()
+        if cpu_offload:
+            self.enable_model_cpu_offload(None if cpu_offload is True else cpu_offload)
+        self.set_memory_budget(memory_budget)
+
+    # --- memory and speed options -------------------------------------------------------------------------------
+    def set_attention(self, name: Any = "auto", **options: Any) -> None:
+        """Attention backend of the UNet and VAE: a registered name ("auto" picks the best available) or object."""
+        framework = self._framework()
+        if isinstance(name, str):
+            _check_attention_name(framework, name)
+            processor = build_processor(name, framework=framework, **options)
+        else:
+            processor = name
+        for model in (self.unet, self.vae):
+            if isinstance(model, torch.nn.Module):
+                with contextlib.suppress(ValueError):  # a model without attention modules
+                    set_attention(model, processor)
+
+    def enable_attention_slicing(self, slice_size: int | str = "auto") -> None:
+        """Attention a few heads at a time: the score matrices of one slice in memory instead of all heads."""
+        self.set_attention("sliced", slice_size=slice_size)
+
+    def disable_attention_slicing(self) -> None:
+        self.set_attention("auto")
+
+    def enable_vae_slicing(self) -> None:
+        """Decode a batch one image at a time: the VAE's peak memory of one image, same results."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self, **options: Any) -> None:
+        """Decode and encode large images in overlapping tiles: memory bounded by the tile size."""
+        self.vae.enable_tiling(**options)
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
+    def enable_model_cpu_offload(self, device: str | torch.device | None = None) -> None:
+        """Keep every model in CPU memory and move each to ``device`` only while it runs (text encoder, then UNet,
+        then VAE). Accelerator memory then holds the largest model (the UNet) rather than all of them, at the
+        cost of one transfer per model per call. Default device: CUDA if available, else the current device."""
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else self.device
+        self._offload_device = torch.device(device)
+        self._active_module = None
+        for module in self._modules():
+            module.to("cpu")
+
+    def disable_model_cpu_offload(self) -> None:
+        device = self._offload_device
+        self._offload_device = None
+        self._active_module = None
+        if device is not None:
+            self.to(device)
+
+    def set_memory_budget(self, budget: int | str | None) -> None:
+        """Bytes that one chunk of a batch may use ("8GB"); None: automatic, from the device's free memory;
+        "unlimited": never split a batch."""
+        if isinstance(budget, str) and budget.strip().lower() in ("unlimited", "none", "inf"):
+            self.memory_budget = -1
+        else:
+            self.memory_budget = parse_bytes(budget)
+
+    def interrupt(self) -> None:
+        """Stop denoising after the current step (call it from a step callback); what is done so far is decoded."""
+        self._interrupted = True
+
+    @property
+    def execution_device(self) -> torch.device:
+        return self._offload_device if self._offload_device is not None else self.device
+
+    def _framework(self) -> Any:
+        if self.framework is None:
+            from difframe.framework import Framework
+
+            self.framework = Framework()
+        return self.framework
+
+    # --- running models (offload and timing in one place) ------------------------------------------------------
+    def _activate(self, module: Any) -> None:
+        if self._offload_device is None or not isinstance(module, torch.nn.Module) or module is self._active_module:
+            return
+        if self._active_module is not None:
+            self._active_module.to("cpu")
+        module.to(self._offload_device)
+        self._active_module = module
+
+    def _release(self) -> None:
+        if self._offload_device is not None and self._active_module is not None:
+            self._active_module.to("cpu")
+            self._active_module = None
+
+    def _run(self, label: str, module: Any, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self._activate(module)
+        if self.timings is None:
+            return function(*args, **kwargs)
+        begin = time.perf_counter()
+        result = function(*args, **kwargs)
+        self.timings[label] = self.timings.get(label, 0.0) + time.perf_counter() - begin
+        return result
+
+    # --- sizes ----------------------------------------------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        factor = getattr(self.vae, "scale_factor", None)
+        if isinstance(factor, int):
+            return factor
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this: the VAE factor times the UNet's downsampling."""
+        return self.vae_scale_factor * 2 ** int(getattr(self.unet, "num_upsamplers", 0))
+
+    def default_size(self) -> int:
+        size = self.unet.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        return int(size) * self.vae_scale_factor
+
+    def check_size(self, height: int, width: int) -> None:
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        multiple = self.size_multiple
+        if height % multiple or width % multiple:
+            why = f"the VAE's factor {self.vae_scale_factor}"
+            if multiple != self.vae_scale_factor:
+                why += f" times the UNet's downsampling {multiple // self.vae_scale_factor}"
+            raise ValueError(f"height and width must be multiples of {multiple} ({why}), got {height}x{width}")
+
+    def estimate_image_bytes(self, height: int, width: int, guided: bool) -> int:
+        """A rough peak working memory per image (activations, not weights), for splitting batches into chunks."""
+        itemsize = torch.empty((), dtype=self.unet.dtype).element_size()
+        tokens = (height // self.vae_scale_factor) * (width // self.vae_scale_factor)
+        channels = self.unet.config.block_out_channels[0]
+        unet = (2 if guided else 1) * tokens * channels * itemsize * 40
+        vae_channels = self.vae.config.block_out_channels[0]
+        vae = 0 if getattr(self.vae, "use_slicing", False) else height * width * vae_channels * itemsize * 6
+        return int(max(unet, vae))
+
+    def _chunk_size(self, total: int, height: int, width: int, guided: bool, budget: Any) -> int:
+        if budget is not None:
+            self.set_memory_budget(budget)
+        if self.memory_budget == -1:
+            return total
+        budget_bytes = self.memory_budget
+        if budget_bytes is None:
+            free = available_memory(self.execution_device)
+            budget_bytes = None if free is None else int(free * AUTO_BUDGET_FRACTION)
+        return chunk_size_for(total, self.estimate_image_bytes(height, width, guided), budget_bytes)
+
+    # --- prompts --------------------------------------------------------------------------------------------------
+    def _conditioner(self) -> Any:
+        """difframe-clip's text conditioner over our tokenizer and text encoder (None if not installed)."""
+        if self._conditioner_cache is None or self._conditioner_cache[0] is not (self.tokenizer, self.text_encoder):
+            try:
+                from difframe_clip import CLIPTextConditioner
+            except ImportError:
+                conditioner = None
+            else:
+                conditioner = CLIPTextConditioner(self.tokenizer, self.text_encoder)
+            self._conditioner_cache = ((self.tokenizer, self.text_encoder), conditioner)
+        return self._conditioner_cache[1]
+
+    def encode_prompt(self, prompts: list[str], clip_skip: int | None = None) -> torch.Tensor:
+        """Text embeddings (len(prompts), tokens, dim) on the execution device, in the text encoder's dtype."""
+        conditioner = self._conditioner()
+        self._activate(self.text_encoder)
+        device = self.execution_device
+        if conditioner is not None:
+            embeds = self._run("text_encoder", self.text_encoder, conditioner.encode, prompts, clip_skip=clip_skip)
+        else:
+            embeds = self._run("text_encoder", self.text_encoder, self._encode_with_transformers, prompts, clip_skip)
+        return embeds.to(device=device, dtype=self.text_encoder.dtype)
+
+    @torch.no_grad()
+    def _encode_with_transformers(self, prompts: list[str], clip_skip: int | None) -> torch.Tensor:
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        ids = tokens.input_ids.to(self.execution_device)
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = tokens.attention_mask.to(self.execution_device)
+        if clip_skip is None:
+            return self.text_encoder(ids, attention_mask=mask)[0]
+        hidden = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True)[-1][-(clip_skip + 1)]
+        return self.text_encoder.text_model.final_layer_norm(hidden)
+
+    def _prompt_embeddings(
+        self,
+        prompts: list[str] | None,
+        negatives: list[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        guided: bool,
+        clip_skip: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One conditional (and, with guidance, one unconditional) embedding per prompt."""
+        cond = prompt_embeds if prompt_embeds is not None else self.encode_prompt(prompts, clip_skip)
+        cond = cond.to(device=self.execution_device, dtype=self.text_encoder.dtype)
+        if not guided:
+            return cond, None
+        if negative_prompt_embeds is not None:
+            uncond = negative_prompt_embeds
+        else:
+            negatives = negatives or [""] * cond.shape[0]
+            unique = sorted(set(negatives))  # encode each distinct negative prompt once
+            encoded = self.encode_prompt(unique, clip_skip)
+            uncond = encoded[[unique.index(n) for n in negatives]]
+        return cond, uncond.to(device=self.execution_device, dtype=self.text_encoder.dtype)
+
+    # --- checks shared by every pipeline ----------------------------------------------------------------------
+    def _check_common(
+        self,
+        prompt: Any,
+        negative_prompt: Any,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        num_inference_steps: Any,
+        guidance_scale: Any,
+        guidance_rescale: Any,
+        num_images_per_prompt: Any,
+        output_type: str,
+        callback_on_step_end: Any,
+        clip_skip: Any,
+    ) -> tuple[list[str] | None, list[str] | None, int]:
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("pass prompt or prompt_embeds, not both")
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("pass a prompt (a string or a list of strings) or prompt_embeds")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass negative_prompt or negative_prompt_embeds, not both")
+        prompts = as_prompt_list(prompt, "prompt")
+        negatives = as_prompt_list(negative_prompt, "negative_prompt")
+        if prompt_embeds is not None and prompt_embeds.ndim != 3:
+            raise ValueError(f"prompt_embeds must be (batch, tokens, dim), got shape {tuple(prompt_embeds.shape)}")
+        count = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+        if negatives is not None and len(negatives) != count:
+            if len(negatives) == 1 and isinstance(negative_prompt, str):
+                negatives = negatives * count
+            else:
+                raise ValueError(
+                    f"negative_prompt has {len(negatives)} entries but there are {count} prompts; pass one negative "
+                    "prompt per prompt, or a single string for all"
+                )
+        if negative_prompt_embeds is not None:
+            expected = prompt_embeds.shape if prompt_embeds is not None else None
+            if negative_prompt_embeds.shape[0] != count or (expected and negative_prompt_embeds.shape != expected):
+                raise ValueError(
+                    f"negative_prompt_embeds has shape {tuple(negative_prompt_embeds.shape)}; it must match the "
+                    f"prompts ({count}) and prompt_embeds"
+                )
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+            raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int):
+            raise ValueError(f"num_images_per_prompt must be an integer, got {num_images_per_prompt!r}")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError("callback_on_step_end must be callable: f(pipe, step, timestep, tensors) -> dict")
+        if clip_skip is not None and (not isinstance(clip_skip, int) or clip_skip < 0):
+            raise ValueError(f"clip_skip must be a non-negative integer, got {clip_skip!r}")
+        return prompts, negatives, count
+
+    def _plan_noise(
+        self,
+        total: int,
+        seed: Any,
+        seeds: Sequence[int] | None,
+        generator: Any,
+    ) -> tuple[list[int | None], list[torch.Generator] | torch.Generator | None]:
+        """Per-image seeds, or the caller's generator(s)."""
+        if generator is not None:
+            if seed is not None or seeds is not None:
+                raise ValueError("pass seed/seeds or generator, not both")
+            if isinstance(generator, list):
+                if len(generator) != total:
+                    raise ValueError(
+                        f"got {len(generator)} generators for {total} images (prompts x num_images_per_prompt)"
+                    )
+                return [None] * total, list(generator)
+            return [None] * total, generator
+        planned = plan_seeds(total, seed, seeds)
+        return list(planned), None
+
+    @staticmethod
+    def _generators(chunk_seeds: list[int | None], given: Any, start: int, stop: int) -> Any:
+        if given is None:
+            return [torch.Generator(device="cpu").manual_seed(int(s)) for s in chunk_seeds]
+        if isinstance(given, list):
+            return given[start:stop]
+        return given  # one generator for the whole batch (images then depend on their position)
+
+    @staticmethod
+    def randn(shape: Sequence[int], generators: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Noise of ``shape``; with a list of generators, image i's noise comes from generator i alone."""
+        if isinstance(generators, list):
+            parts = [
+                torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generators[: shape[0]]
+            ]
+            return torch.cat(parts).to(device)
+        rand_device = generators.device if generators is not None else torch.device("cpu")
+        return torch.randn(tuple(shape), generator=generators, device=rand_device, dtype=dtype).to(device)
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def _step_accepts_generator(self) -> bool:
+        try:
+            return "generator" in inspect.signature(self.scheduler.step).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def denoise(
+        self,
+        chunk: Chunk,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        *,
+        guidance_scale: float,
+        guidance_rescale: float,
+        cross_attention_kwargs: dict[str, Any] | None,
+        callback: Callable[..., Any] | None,
+        progress: Any,
+        model_extra: torch.Tensor | None = None,
+        after_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop over ``timesteps`` for one chunk; returns the final latents."""
+        step_kwargs = {"generator": chunk.generators} if self._step_accepts_generator() else {}
+        embeds = chunk.embeds
+        self._activate(self.unet)
+        for i, t in enumerate(timesteps):
+            if self._interrupted:
+                break
+            model_input = torch.cat([latents] * 2) if chunk.guided else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            if model_extra is not None:
+                model_input = torch.cat([model_input, model_extra], dim=1)
+            noise_pred = self._run(
+                "unet", self.unet, self.unet, model_input, t, embeds, cross_attention_kwargs=cross_attention_kwargs
+            )
+            if chunk.guided:
+                uncond, cond = noise_pred.chunk(2)
+                noise_pred = uncond + guidance_scale * (cond - uncond)
+                if guidance_rescale > 0.0:
+                    noise_pred = rescale_noise_cfg(noise_pred, cond, guidance_rescale)
+            latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+            if after_step is not None:
+                latents = after_step(i, t, latents)
+            if callback is not None:
+                tensors = {"latents": latents, "prompt_embeds": embeds, "images": (chunk.start, chunk.stop)}
+                returned = callback(self, i, t, tensors)
+                if returned:
+                    latents = returned.get("latents", latents)
+                    embeds = returned.get("prompt_embeds", embeds)
+            progress.update()
+        return latents
+
+    def set_timesteps(self, num_inference_steps: int) -> torch.Tensor:
+        self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)
+        return self.scheduler.timesteps
+
+    # --- decoding -------------------------------------------------------------------------------------------------
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images (N, 3, H, W) in [0, 1]."""
+        image = self._run("vae", self.vae, self.vae.decode, latents / self.vae.config.scaling_factor)
+        return (image / 2 + 0.5).clamp(0, 1)
+
+    def encode_images(self, images: torch.Tensor, generators: Any) -> torch.Tensor:
+        """Images (N, 3, H, W) in [-1, 1] -> scaled latents, each image sampled with its own generator."""
+        images = images.to(device=self.execution_device, dtype=self.vae.dtype)
+        if isinstance(generators, list):
+            parts = [
+                self._run("vae", self.vae, self.vae.encode, images[i : i + 1]).sample(generators[i])
+                for i in range(images.shape[0])
+            ]
+            latents = torch.cat(parts)
+        else:
+            latents = self._run("vae", self.vae, self.vae.encode, images).sample(generators)
+        return self.vae.config.scaling_factor * latents
+
+    @staticmethod
+    def to_output(images: torch.Tensor, output_type: str) -> Any:
+        if output_type == "pt":
+            return images
+        array = images.cpu().permute(0, 2, 3, 1).float().numpy()
+        if output_type == "np":
+            return array
+        from PIL import Image
+
+        return [Image.fromarray(a) for a in (array * 255).round().astype(np.uint8)]
+
+    # --- the whole call ---------------------------------------------------------------------------------------
+    def _generate(
+        self,
+        *,
+        prompts: list[str] | None,
+        negatives: list[str] | None,
+        count: int,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        guidance_rescale: float,
+        num_images_per_prompt: int,
+        seed: Any,
+        seeds: Any,
+        generator: Any,
+        latents: torch.Tensor | None,
+        clip_skip: int | None,
+        output_type: str,
+        callback_on_step_end: Any,
+        cross_attention_kwargs: dict[str, Any] | None,
+        memory_budget: Any,
+        strength: float | None = None,
+        inputs: dict[str, Any] | None = None,
+    ) -> StableDiffusionOutput:
+        total = count * num_images_per_prompt
+        image_seeds, generators = self._plan_noise(total, seed, seeds, generator)
+        jobs = plan_jobs(count, num_images_per_prompt, image_seeds)
+        if latents is not None and (latents.ndim != 4 or latents.shape[0] != total):
+            raise ValueError(f"latents must be ({total}, C, h, w): one per image; got {tuple(latents.shape)}")
+        guided = guidance_scale > 1.0
+        self.check_chunk_inputs(height, width, total, latents)
+        chunk_size = self._chunk_size(total, height, width, guided, memory_budget)
+
+        self._interrupted = False
+        cond, uncond = self._prompt_embeddings(
+            prompts, negatives, prompt_embeds, negative_prompt_embeds, guided, clip_skip
+        )
+        results, done = [], 0
+        ranges = chunk_ranges(total, chunk_size)
+        steps_per_chunk = self.steps_to_run(num_inference_steps, strength)
+        try:
+            with self.progress_bar(total=steps_per_chunk * len(ranges)) as progress:
+                for start, stop in ranges:
+                    if self._interrupted:
+                        break
+                    chunk_jobs = jobs[start:stop]
+                    index = [job.prompt_index for job in chunk_jobs]
+                    embeds = cond[index] if not guided else torch.cat([uncond[index], cond[index]])
+                    chunk = Chunk(
+                        start=start,
+                        stop=stop,
+                        jobs=chunk_jobs,
+                        generators=self._generators(image_seeds[start:stop], generators, start, stop),
+                        embeds=embeds,
+                        guided=guided,
+                        latents=None if latents is None else latents[start:stop],
+                        extras=self.chunk_inputs(inputs or {}, chunk_jobs),
+                    )
+                    out = self.run_chunk(
+                        chunk,
+                        height=height,
+                        width=width,
+                        num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale,
+                        guidance_rescale=guidance_rescale,
+                        cross_attention_kwargs=cross_attention_kwargs,
+                        callback=callback_on_step_end,
+                        progress=progress,
+                        strength=strength,
+                    )
+                    results.append(out if output_type == "latent" else self.decode_latents(out))
+                    done = stop
+        finally:
+            self._release()
+        images = torch.cat(results) if results else torch.empty(0)
+        parameters = [
+            GenerationParameters(
+                prompt=prompts[job.prompt_index] if prompts else "",
+                negative_prompt=(negatives[job.prompt_index] if negatives else "") if guided else "",
+                steps=num_inference_steps,
+                scheduler=self.scheduler_name,
+                guidance_scale=float(guidance_scale),
+                seed=job.seed,
+                width=width,
+                height=height,
+                model=self.model_name,
+                clip_skip=clip_skip,
+                guidance_rescale=float(guidance_rescale) if guided else 0.0,
+                strength=strength,
+            )
+            for job in jobs[:done]
+        ]
+        output = images if output_type == "latent" else self.to_output(images, output_type)
+        if output_type == "pil":
+            for image, params in zip(output, parameters):
+                image.info["parameters"] = params.to_text()
+        return StableDiffusionOutput(
+            images=output, seeds=list(image_seeds[:done]), parameters=parameters, interrupted=self._interrupted
+        )
+
+    @property
+    def scheduler_name(self) -> str | None:
+        """The registered name of the current sampler (the most specific one whose class and options match)."""
+        scheduler = self.scheduler
+        cached = getattr(scheduler, "_difframe_name", None)
+        if cached is not None:
+            return cached
+        best, best_score = None, -1
+        try:
+            registrations = self._framework().registry.all("scheduler")
+        except Exception:
+            registrations = []
+        for registration in registrations:
+            module_name, _, attribute = registration.spec.factory.partition(":")
+            if module_name != type(scheduler).__module__ or attribute != type(scheduler).__qualname__:
+                continue
+            options = registration.spec.options
+            if all(scheduler.config.get(k) == v for k, v in options.items()) and len(options) > best_score:
+                best, best_score = registration.name, len(options)
+        return best or type(scheduler).__name__
+
+    # --- what subclasses provide ----------------------------------------------------------------------------------
+    def steps_to_run(self, num_inference_steps: int, strength: float | None) -> int:
+        if strength is None:
+            return num_inference_steps
+        return min(int(num_inference_steps * strength), num_inference_steps)
+
+    def strength_timesteps(self, num_inference_steps: int, strength: float) -> torch.Tensor:
+        """The last ``strength`` of the schedule: image-to-image starts from a partly noised image."""
+        self.set_timesteps(num_inference_steps)
+        run = self.steps_to_run(num_inference_steps, strength)
+        start = max(num_inference_steps - run, 0) * self.scheduler.order
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        return self.scheduler.timesteps[start:]
+
+    def chunk_inputs(self, inputs: dict[str, Any], jobs: list[ImageJob]) -> dict[str, Any]:
+        """Per-image inputs of a chunk (init images, masks), picked from the call's inputs."""
+        return {}
+
+    def check_chunk_inputs(self, height: int, width: int, total: int, latents: torch.Tensor | None) -> None:
+        self.check_size(height, width)
+
+    def run_chunk(self, chunk: Chunk, **settings: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _check_attention_name(framework: Any, name: str) -> None:
+    resolved = resolve_backend_name(framework, name)
+    registration = framework.get("attention_processor", resolved)
+    if registration.spec.role != "backend":
+        raise ValueError(
+            f"attention {name!r} is an add-on, not a backend; add it with pipe.unet.set_attention(...) after building"
+        )
+    reason = registration.unavailable_reason
+    if reason is not None:
+        raise ValueError(f"attention backend {resolved!r} cannot run on this machine: {reason}")
+
+
+def _model_name(reference: str | os.PathLike[str]) -> str:
+    path = Path(os.path.expanduser(os.fspath(reference)))
+    if path.is_dir():
+        return path.resolve().name
+    return os.fspath(reference)

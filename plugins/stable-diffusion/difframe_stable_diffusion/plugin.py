@@ -1,0 +1,39 @@
+"""Registrations of difframe-stable-diffusion. No torch import here: factories are strings."""
+
+from __future__ import annotations
+
+from difframe import hookimpl
+
+PACKAGE = "difframe_stable_diffusion"
+
+
+@hookimpl
+def register_pipeline(register) -> None:
+    register(
+        name="stable-diffusion",
+        factory=f"{PACKAGE}.text_to_image:StableDiffusionPipeline",
+        aliases=("txt2img", "text-to-image", "sd"),
+        loads=[("diffusers", "StableDiffusionPipeline")],
+        description="Stable Diffusion 1.x / 2.x text-to-image",
+    )
+    register(
+        name="stable-diffusion-img2img",
+        factory=f"{PACKAGE}.image_to_image:StableDiffusionImg2ImgPipeline",
+        aliases=("img2img", "image-to-image"),
+        loads=[("diffusers", "StableDiffusionImg2ImgPipeline")],
+        description="Stable Diffusion image-to-image: an init image, noised to `strength`, then denoised",
+    )
+    register(
+        name="stable-diffusion-inpaint",
+        factory=f"{PACKAGE}.inpaint:StableDiffusionInpaintPipeline",
+        aliases=("inpaint", "inpainting"),
+        loads=[("diffusers", "StableDiffusionInpaintPipeline")],
+        description="Stable Diffusion inpainting: plain checkpoints (latent blending) or 9-channel inpainting UNets",
+    )
+
+
+@hookimpl
+def register_commands(cli) -> None:
+    from .cli import add_generate_command
+
+    add_generate_command(cli)
