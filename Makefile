@@ -10,7 +10,7 @@ PACKAGE_FILES := pyproject.toml $(wildcard plugins/*/pyproject.toml) constraints
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip "setuptools>=68" wheel
+	$(PIP) install --upgrade pip "setuptools>=77" wheel
 
 # difframe and every first-party plugin, editable, in one pip resolution.
 $(VENV)/.installed: $(VENV)/bin/python $(PACKAGE_FILES)
