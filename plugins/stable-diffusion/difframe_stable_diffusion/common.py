@@ -324,16 +324,27 @@ class StableDiffusionBase(DiffusionPipeline):
             self._conditioner_cache = ((self.tokenizer, self.text_encoder), conditioner)
         return self._conditioner_cache[1]
 
-    def encode_prompt(self, prompts: list[str], clip_skip: int | None = None) -> torch.Tensor:
-        """Text embeddings (len(prompts), tokens, dim) on the execution device, in the text encoder's dtype."""
+    def encode_prompt(
+        self, prompts: list[str], clip_skip: int | None = None, *, chunks: int | None = None
+    ) -> torch.Tensor:
+        """Text embeddings (len(prompts), tokens, dim) on the execution device, in the text encoder's dtype.
+
+        With difframe-clip installed, prompts longer than 75 tokens are encoded in chunks of 75 (as the web UIs
+        do); ``chunks`` pads every prompt to that many chunks.
+        """
         conditioner = self._conditioner()
-        self._activate(self.text_encoder)
-        device = self.execution_device
         if conditioner is not None:
-            embeds = self._run("text_encoder", self.text_encoder, conditioner.encode, prompts, clip_skip=clip_skip)
+            embeds = self._run("text_encoder", self.text_encoder, conditioner.encode, prompts, clip_skip, chunks=chunks)
         else:
             embeds = self._run("text_encoder", self.text_encoder, self._encode_with_transformers, prompts, clip_skip)
-        return embeds.to(device=device, dtype=self.text_encoder.dtype)
+        return embeds.to(device=self.execution_device, dtype=self.text_encoder.dtype)
+
+    def token_chunks(self, prompts: list[str]) -> list[int]:
+        """How many 77-token chunks each prompt needs (1 without difframe-clip's long-prompt support)."""
+        conditioner = self._conditioner()
+        if conditioner is None:
+            return [1] * len(prompts)
+        return [conditioner.count_chunks([p]) for p in prompts]
 
     @torch.no_grad()
     def _encode_with_transformers(self, prompts: list[str], clip_skip: int | None) -> torch.Tensor:
@@ -348,7 +359,7 @@ class StableDiffusionBase(DiffusionPipeline):
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = tokens.attention_mask.to(self.execution_device)
-        if clip_skip is None:
+        if not clip_skip:
             return self.text_encoder(ids, attention_mask=mask)[0]
         hidden = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True)[-1][-(clip_skip + 1)]
         return self.text_encoder.text_model.final_layer_norm(hidden)
@@ -361,20 +372,43 @@ class StableDiffusionBase(DiffusionPipeline):
         negative_prompt_embeds: torch.Tensor | None,
         guided: bool,
         clip_skip: int | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One conditional (and, with guidance, one unconditional) embedding per prompt."""
-        cond = prompt_embeds if prompt_embeds is not None else self.encode_prompt(prompts, clip_skip)
-        cond = cond.to(device=self.execution_device, dtype=self.text_encoder.dtype)
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Per prompt: the conditional embedding and, with guidance, the unconditional one (same length).
+
+        Each prompt is encoded to the length its own text (and negative prompt) needs, never to a batch's longest,
+        so its image does not depend on the other prompts of the batch.
+        """
+        device, dtype = self.execution_device, self.text_encoder.dtype
+        if prompt_embeds is not None:
+            cond = list(prompt_embeds.to(device=device, dtype=dtype))
+            if not guided:
+                return cond, None
+            if negative_prompt_embeds is not None:
+                return cond, list(negative_prompt_embeds.to(device=device, dtype=dtype))
+            negatives = negatives or [""] * len(cond)
+            uncond = self._encode_grouped(negatives, [c.shape[0] // 77 or 1 for c in cond], clip_skip)
+            return cond, uncond
+        chunks = self.token_chunks(prompts)
+        if guided and negative_prompt_embeds is None:
+            negatives = negatives or [""] * len(prompts)
+            chunks = [max(a, b) for a, b in zip(chunks, self.token_chunks(negatives))]
+        cond = self._encode_grouped(prompts, chunks, clip_skip)
         if not guided:
             return cond, None
         if negative_prompt_embeds is not None:
-            uncond = negative_prompt_embeds
-        else:
-            negatives = negatives or [""] * cond.shape[0]
-            unique = sorted(set(negatives))  # encode each distinct negative prompt once
-            encoded = self.encode_prompt(unique, clip_skip)
-            uncond = encoded[[unique.index(n) for n in negatives]]
-        return cond, uncond.to(device=self.execution_device, dtype=self.text_encoder.dtype)
+            return cond, list(negative_prompt_embeds.to(device=device, dtype=dtype))
+        return cond, self._encode_grouped(negatives, chunks, clip_skip)
+
+    def _encode_grouped(self, texts: list[str], chunks: list[int], clip_skip: int | None) -> list[torch.Tensor]:
+        """Encode texts in one batch per chunk count, each distinct (text, count) once."""
+        result: list[torch.Tensor | None] = [None] * len(texts)
+        for count in sorted(set(chunks)):
+            wanted = sorted({texts[i] for i in range(len(texts)) if chunks[i] == count})
+            encoded = self.encode_prompt(wanted, clip_skip, chunks=count if self._conditioner() else None)
+            for i in range(len(texts)):
+                if chunks[i] == count:
+                    result[i] = encoded[wanted.index(texts[i])]
+        return result  # type: ignore[return-value]
 
     # --- checks shared by every pipeline ----------------------------------------------------------------------
     def _check_common(
@@ -604,7 +638,8 @@ class StableDiffusionBase(DiffusionPipeline):
             prompts, negatives, prompt_embeds, negative_prompt_embeds, guided, clip_skip
         )
         results, done = [], 0
-        ranges = chunk_ranges(total, chunk_size)
+        lengths = [cond[job.prompt_index].shape[0] for job in jobs]
+        ranges = split_where_changes(chunk_ranges(total, chunk_size), lengths)
         steps_per_chunk = self.steps_to_run(num_inference_steps, strength)
         try:
             with self.progress_bar(total=steps_per_chunk * len(ranges)) as progress:
@@ -613,7 +648,12 @@ class StableDiffusionBase(DiffusionPipeline):
                         break
                     chunk_jobs = jobs[start:stop]
                     index = [job.prompt_index for job in chunk_jobs]
-                    embeds = cond[index] if not guided else torch.cat([uncond[index], cond[index]])
+                    rows = (
+                        [cond[i] for i in index]
+                        if not guided
+                        else [uncond[i] for i in index] + [cond[i] for i in index]
+                    )
+                    embeds = torch.stack(rows)
                     chunk = Chunk(
                         start=start,
                         stop=stop,
@@ -711,6 +751,19 @@ class StableDiffusionBase(DiffusionPipeline):
 
     def run_chunk(self, chunk: Chunk, **settings: Any) -> torch.Tensor:
         raise NotImplementedError
+
+
+def split_where_changes(ranges: list[tuple[int, int]], keys: list[Any]) -> list[tuple[int, int]]:
+    """Split ranges so that every range holds images with one key (here: the text embedding's length)."""
+    result = []
+    for start, stop in ranges:
+        begin = start
+        for i in range(start + 1, stop):
+            if keys[i] != keys[i - 1]:
+                result.append((begin, i))
+                begin = i
+        result.append((begin, stop))
+    return result
 
 
 def _check_attention_name(framework: Any, name: str) -> None:
