@@ -1,0 +1,168 @@
+"""CLIPTextConditioner: prompts -> the text embeddings a Stable Diffusion UNet attends to.
+
+Long prompts are split like the popular web UIs do: the prompt's tokens (without special tokens) are cut into
+chunks of 75; each chunk becomes [BOS] + tokens + [EOS] + padding to 77 and is encoded on its own; the chunk
+outputs are concatenated along the token axis, giving (batch, 77 * chunks, hidden). A prompt of at most 75 tokens
+is one chunk, token for token what the reference library feeds the text encoder, so its embedding is identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+Prompts = str | Sequence[str]
+
+
+class CLIPTextConditioner:
+    """Encode prompts with a CLIP tokenizer and text encoder (transformers objects, or difframe_clip's).
+
+    long_prompts: "chunk" (default) encodes every token in 75-token chunks; "truncate" keeps the first 75 tokens,
+    as the reference library does. max_chunks caps the chunks per prompt (None: no cap).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        text_encoder: Any,
+        *,
+        long_prompts: Literal["chunk", "truncate"] = "chunk",
+        max_chunks: int | None = None,
+    ) -> None:
+        if long_prompts not in ("chunk", "truncate"):
+            raise ValueError(f"long_prompts must be 'chunk' or 'truncate', got {long_prompts!r}")
+        if max_chunks is not None and max_chunks < 1:
+            raise ValueError(f"max_chunks must be at least 1, got {max_chunks}")
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.long_prompts = long_prompts
+        self.max_chunks = max_chunks
+        self.length = int(getattr(text_encoder.config, "max_position_embeddings", 77))  # 77 for CLIP
+        self.chunk_tokens = self.length - 2
+        self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        reference: str,
+        *,
+        tokenizer_subfolder: str = "tokenizer",
+        text_encoder_subfolder: str = "text_encoder",
+        torch_dtype: torch.dtype | None = None,
+        variant: str | None = None,
+        allow_pickle: bool = False,
+        **options: Any,
+    ) -> CLIPTextConditioner:
+        """Load a model folder's tokenizer/ and text_encoder/."""
+        from .models import CLIPTextModel, CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(reference, subfolder=tokenizer_subfolder)
+        encoder = CLIPTextModel.from_pretrained(
+            reference, subfolder=text_encoder_subfolder, torch_dtype=torch_dtype, variant=variant,
+            allow_pickle=allow_pickle,
+        )  # fmt: skip
+        return cls(tokenizer, encoder, **options)
+
+    # --- tokens ---------------------------------------------------------------------------------------------------
+    def tokenize(self, prompts: Prompts, chunks: int | None = None) -> torch.Tensor:
+        """Token ids (batch, chunks, 77); every prompt padded with empty chunks to ``chunks`` (default: the most)."""
+        prompts = _as_list(prompts)
+        ids = self.tokenizer(prompts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        limit = self.chunk_tokens if self.long_prompts == "truncate" else self.chunk_tokens * (self.max_chunks or 0)
+        if limit:
+            ids = [tokens[:limit] for tokens in ids]
+        pieces = [
+            [tokens[i : i + self.chunk_tokens] for i in range(0, len(tokens), self.chunk_tokens)] or [[]]
+            for tokens in ids
+        ]
+        count = max(len(p) for p in pieces)
+        if chunks is not None:
+            if chunks < count:
+                raise ValueError(f"a prompt needs {count} chunks of {self.chunk_tokens} tokens; asked for {chunks}")
+            count = chunks
+        rows = [[self._wrap(piece) for piece in p + [[]] * (count - len(p))] for p in pieces]
+        return torch.tensor(rows, dtype=torch.long)
+
+    def count_chunks(self, prompts: Prompts) -> int:
+        return self.tokenize(prompts).shape[1]
+
+    def _wrap(self, tokens: list[int]) -> list[int]:
+        return [self.bos, *tokens, self.eos] + [self.pad] * (self.chunk_tokens - len(tokens))
+
+    # --- embeddings -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, prompts: Prompts, clip_skip: int | None = None, *, chunks: int | None = None) -> torch.Tensor:
+        """Embeddings (batch, 77 * chunks, hidden) in the text encoder's dtype, on its device.
+
+        clip_skip: how many final layers to skip (as in the reference library's encode_prompt): None or 0 uses the
+        last layer; 1 the penultimate layer's output, passed through the final layer norm; and so on.
+        """
+        ids = self.tokenize(prompts, chunks)
+        batch, count, length = ids.shape
+        hidden = self._run(ids.reshape(batch * count, length), clip_skip)
+        return hidden.reshape(batch, count * length, hidden.shape[-1])
+
+    def encode_pair(
+        self,
+        prompts: Prompts,
+        negative_prompts: Prompts | None = None,
+        clip_skip: int | None = None,
+        *,
+        negative_clip_skip: int | Literal["same"] | None = "same",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt and negative-prompt embeddings with the same shape (both padded to the larger chunk count).
+
+        negative_prompts: one per prompt, or one string for all; None means the empty prompt.
+        negative_clip_skip: "same" (default) skips the same layers for the negatives, as the web UIs do; the
+        reference library's encode_prompt encodes negatives with the last layer whatever clip_skip is: pass None to
+        reproduce that.
+        """
+        prompts = _as_list(prompts)
+        if negative_prompts is None:
+            negatives = [""] * len(prompts)
+        elif isinstance(negative_prompts, str):
+            negatives = [negative_prompts] * len(prompts)
+        else:
+            negatives = list(negative_prompts)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts; pass one per prompt")
+        count = max(self.count_chunks(prompts), self.count_chunks(negatives))
+        negative_skip = clip_skip if negative_clip_skip == "same" else negative_clip_skip
+        return self.encode(prompts, clip_skip, chunks=count), self.encode(negatives, negative_skip, chunks=count)
+
+    def _run(self, ids: torch.Tensor, clip_skip: int | None) -> torch.Tensor:
+        encoder = self.text_encoder
+        layers = encoder.config.num_hidden_layers
+        if clip_skip is not None and not (isinstance(clip_skip, int) and 0 <= clip_skip < layers):
+            raise ValueError(
+                f"clip_skip must be an integer from 0 to {layers - 1} for this text encoder, got {clip_skip}"
+            )
+        mask = None
+        if getattr(encoder.config, "use_attention_mask", False):  # a few fine-tunes were trained with a mask
+            mask = _mask(ids, self.eos).to(encoder.device)
+        ids = ids.to(encoder.device)
+        if not clip_skip:
+            hidden = encoder(ids, attention_mask=mask).last_hidden_state
+        else:
+            states = encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            final_norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 4 nests it
+            hidden = final_norm(states[-(clip_skip + 1)])
+        return hidden.to(encoder.dtype)
+
+
+def _as_list(prompts: Prompts) -> list[str]:
+    if isinstance(prompts, str):
+        return [prompts]
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a string or a non-empty list of strings")
+    return prompts
+
+
+def _mask(ids: torch.Tensor, eos: int) -> torch.Tensor:
+    """1 up to and including each row's first EOS, 0 after (the padding)."""
+    first_eos = (ids == eos).int().argmax(dim=1, keepdim=True)
+    return (torch.arange(ids.shape[1]) <= first_eos).long()

@@ -1,0 +1,156 @@
+"""transformers' CLIP classes with difframe's loader interface.
+
+Each class is the transformers class of the same name (so saved configs, ``architectures`` and
+``tokenizer_class`` entries stay those of the shared layout) with a ``from_pretrained`` that takes the keywords a
+difframe pipeline passes to every component (subfolder, torch_dtype, variant, allow_pickle) and a ``layout_name``
+that a pipeline writes back into model_index.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import transformers
+from difframe.atomic import atomic_directory
+from difframe.errors import ModelLoadError
+from difframe.hub import resolve, weight_patterns
+from difframe.weights import with_variant
+
+try:  # transformers >= 5 has a torchvision backend and a PIL one; torchvision is not a dependency of ours
+    from transformers import CLIPImageProcessorPil as _ImageProcessorBase
+except ImportError:  # transformers 4
+    from transformers import CLIPImageProcessor as _ImageProcessorBase
+
+
+def _folder(reference: str | os.PathLike[str], subfolder: str | None, hub: dict[str, Any], **patterns: Any) -> Path:
+    hub_options = {k: hub.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token") if k in hub}
+    prefix = f"{subfolder}/" if subfolder else ""
+    root = resolve(reference, **weight_patterns(prefix, **patterns), **hub_options)
+    folder = root / subfolder if subfolder else root
+    if not folder.is_dir():
+        raise ModelLoadError(f"{root} has no folder {subfolder!r}")
+    return folder
+
+
+def _use_safetensors(folder: Path, variant: str | None, allow_pickle: bool) -> bool:
+    """True for safetensors weights; False for a pickle that the caller allowed; else a ModelLoadError."""
+    safetensors_name = with_variant("model.safetensors", variant)
+    if (folder / safetensors_name).is_file() or (folder / f"{safetensors_name}.index.json").is_file():
+        return True
+    pickle_name = with_variant("pytorch_model.bin", variant)
+    if (folder / pickle_name).is_file() or (folder / f"{pickle_name}.index.json").is_file():
+        if allow_pickle:
+            return False
+        raise ModelLoadError(
+            f"{folder} has only pickle weights ({pickle_name}). Pickles can run code when loaded; convert them to "
+            "safetensors, or pass allow_pickle=True to load them."
+        )
+    present = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    raise ModelLoadError(
+        f"{folder} has no weights file {safetensors_name}"
+        + (f" (files there: {', '.join(present)})" if present else "")
+    )
+
+
+class _PretrainedModel:
+    """from_pretrained / save_pretrained with difframe's keywords, for transformers models."""
+
+    layout_name: ClassVar[tuple[str, str]]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        reference: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        variant: str | None = None,
+        allow_pickle: bool = False,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Load weights (safetensors only, unless ``allow_pickle``); ``torch_dtype`` defaults to float32."""
+        folder = _folder(reference, subfolder, kwargs, variant=variant, allow_pickle=allow_pickle)
+        safetensors = _use_safetensors(folder, variant, allow_pickle)
+        dtype = kwargs.pop("dtype", None) or torch_dtype or torch.float32
+        try:
+            model = super().from_pretrained(  # type: ignore[misc]
+                folder, dtype=dtype, variant=variant, use_safetensors=safetensors, **kwargs
+            )
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ModelLoadError(f"cannot load {cls.__name__} from {folder}: {error}") from error
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+    def save_pretrained(
+        self, folder: str | os.PathLike[str], *, variant: str | None = None, atomic: bool = True, **kwargs: Any
+    ) -> Path:
+        """config.json and model.safetensors; an existing save is replaced only once the new one is complete."""
+        folder = Path(folder)
+        context = atomic_directory(folder) if atomic else contextlib.nullcontext(folder)
+        with context as staging:
+            super().save_pretrained(staging, variant=variant, **kwargs)  # type: ignore[misc]
+        return folder
+
+
+class CLIPTextModel(_PretrainedModel, transformers.CLIPTextModel):
+    """The CLIP text transformer (Stable Diffusion's text_encoder/)."""
+
+    layout_name = ("transformers", "CLIPTextModel")
+
+
+class CLIPVisionModelWithProjection(_PretrainedModel, transformers.CLIPVisionModelWithProjection):
+    """The CLIP image transformer and its projection (IP-Adapter's image_encoder/): ``image_embeds``."""
+
+    layout_name = ("transformers", "CLIPVisionModelWithProjection")
+
+
+class CLIPTokenizer(transformers.CLIPTokenizer):
+    """CLIP's byte-level BPE tokenizer (a model's tokenizer/ folder); weight keywords are accepted and ignored."""
+
+    layout_name: ClassVar[tuple[str, str]] = ("transformers", "CLIPTokenizer")
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        reference: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        torch_dtype: Any = None,
+        variant: str | None = None,
+        allow_pickle: bool = False,
+        **kwargs: Any,
+    ) -> CLIPTokenizer:
+        folder = _folder(reference, subfolder, kwargs)
+        try:
+            return super().from_pretrained(folder, **kwargs)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"cannot load a CLIP tokenizer from {folder}: {error}") from error
+
+
+class CLIPImageProcessor(_ImageProcessorBase):
+    """Resize, center-crop and normalize images for the CLIP vision encoder (a model's feature_extractor/)."""
+
+    layout_name: ClassVar[tuple[str, str]] = ("transformers", "CLIPImageProcessor")
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        reference: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        torch_dtype: Any = None,
+        variant: str | None = None,
+        allow_pickle: bool = False,
+        **kwargs: Any,
+    ) -> CLIPImageProcessor:
+        folder = _folder(reference, subfolder, kwargs)
+        try:
+            return super().from_pretrained(folder, **kwargs)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"cannot load a CLIP image processor from {folder}: {error}") from error
