@@ -8,9 +8,9 @@ noise level of the equivalent variance-exploding process (k-diffusion's σ), so 
 from __future__ import annotations
 
 import math
-from itertools import pairwise
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -99,25 +99,33 @@ def make_alphas_cumprod(
 
 # --- choosing inference timesteps ------------------------------------------------------------------------------
 def spaced_timesteps(
-    spacing: str, num_train_timesteps: int, steps: int, steps_offset: int = 0, *, multistep: bool = False
+    spacing: str,
+    num_train_timesteps: int,
+    steps: int,
+    steps_offset: int = 0,
+    *,
+    multistep: bool = False,
+    upto: int | None = None,
 ) -> np.ndarray:
     """Descending training timesteps for ``steps`` inference steps (float64; 'linspace' is left unrounded).
 
     leading: multiples of T // steps from 0 (plus steps_offset); trailing: from T - 1 down in steps of T / steps;
     linspace: evenly from T - 1 to 0. ``multistep``: the spacing of the multistep solvers, which lay out
-    steps + 1 points and drop the last, so the schedule never ends exactly at t = 0.
+    steps + 1 points and drop the last, so the schedule never ends exactly at t = 0. ``upto``: use only the
+    timesteps below it (DPM-Solver's lambda_min_clipped).
     """
     T = num_train_timesteps
+    top = T if upto is None else upto
     if spacing == "linspace":
         if multistep:
-            return np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].copy()
-        return np.linspace(0, T - 1, steps)[::-1].copy()
+            return np.linspace(0, top - 1, steps + 1).round()[::-1][:-1].copy()
+        return np.linspace(0, top - 1, steps)[::-1].copy()
     if spacing == "leading":
         n = steps + 1 if multistep else steps
-        timesteps = (np.arange(0, n) * (T // n)).round()[::-1].astype(np.float64)
+        timesteps = (np.arange(0, n) * (top // n)).round()[::-1].astype(np.float64)
         return (timesteps[:-1] if multistep else timesteps) + steps_offset
     if spacing == "trailing":
-        return np.round(np.arange(T, 0, -T / steps)) - 1
+        return np.round(np.arange(top, 0, -T / steps)) - 1
     raise ValueError(f"unknown timestep_spacing {spacing!r}; use leading, trailing or linspace")
 
 
@@ -467,3 +475,118 @@ class SigmaScheduler(SchedulerMixin):
         else:
             indices = [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
         return original + noise * broadcast(sigmas[indices], original)
+
+
+class MultistepScheduler(SigmaScheduler):
+    """Base of the exponential-integrator solvers (DPM-Solver++, UniPC, DEIS): the model output is turned into a data
+    (or noise) prediction and the step is solved exactly in λ = log(α_t/σ_t), reusing the previous outputs.
+
+    The sample is in the usual x_t parameterization (no input scaling, init_noise_sigma = 1); ``self.sigmas`` are the
+    VE noise levels of the steps, converted with ``alpha_sigma``. Integer timesteps.
+    """
+
+    init_noise_sigma = 1.0  # type: ignore[assignment]
+    model_outputs: list[torch.Tensor | None]
+    lower_order_nums: int = 0
+
+    def _init_multistep(self) -> None:
+        self._init_sigmas()
+        self.sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod))
+        self.timesteps = torch.arange(self.config.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
+        self.model_outputs = [None] * self.config.solver_order
+        self.lower_order_nums = 0
+
+    def _multistep_schedule(
+        self,
+        num_inference_steps: int | None,
+        timesteps: Sequence[int] | None,
+        device: Any,
+        *,
+        round_karras: bool = True,
+        final_sigmas_type: str = "zero",
+        final_from_schedule: bool = True,
+        upto: int | None = None,
+    ) -> None:
+        """Set integer timesteps and their σ. The final σ is 0 for final_sigmas_type='zero'; else the last respaced
+        (Karras/exponential) σ if ``final_from_schedule``, or the σ of timestep 0."""
+        c = self.config
+        check_steps(num_inference_steps, timesteps, None, c.num_train_timesteps)
+        train_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod)
+        log_sigmas = np.log(train_sigmas)
+        karras, exponential = c.get("use_karras_sigmas", False), c.get("use_exponential_sigmas", False)
+        if timesteps is not None:
+            if karras or exponential:
+                raise ValueError("explicit timesteps cannot be combined with use_karras_sigmas/use_exponential_sigmas")
+            steps = np.array([int(t) for t in timesteps], dtype=np.int64)
+        else:
+            steps = spaced_timesteps(
+                c.timestep_spacing,
+                c.num_train_timesteps,
+                num_inference_steps,
+                c.steps_offset,
+                multistep=True,
+                upto=upto,
+            ).astype(np.int64)
+        sigma_min_0 = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+        respaced = respace_sigmas(
+            np.flip(train_sigmas).copy(), len(steps), karras, exponential, c.get("sigma_min"), c.get("sigma_max")
+        )
+        if respaced is not None:
+            sigmas, steps = respaced, sigma_to_t(respaced, log_sigmas)
+            if karras and round_karras:
+                steps = steps.round()
+            last = float(sigmas[-1]) if final_from_schedule else sigma_min_0
+        else:
+            sigmas, last = np.interp(steps, np.arange(0, len(train_sigmas)), train_sigmas), sigma_min_0
+        final = 0.0 if final_sigmas_type == "zero" else last
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [final]]).astype(np.float32))
+        self.timesteps = torch.from_numpy(np.asarray(steps)).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = len(self.timesteps)
+        self.model_outputs = [None] * c.solver_order
+        self.lower_order_nums = 0
+        self._reset()
+
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        matches = (schedule == torch.as_tensor(timestep, device=schedule.device)).nonzero()
+        if len(matches) == 0:  # a timestep between steps: treat it as the last one
+            return len(self.timesteps) - 1
+        return int(matches[1 if len(matches) > 1 else 0].item())
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        return sample
+
+    def data_prediction(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """x̂_0 at the current step, thresholded if the config asks for it."""
+        c = self.config
+        alpha_t, sigma_t = alpha_sigma(self.sigmas[self._step_index])
+        if c.prediction_type == "epsilon":
+            x0 = (sample - sigma_t * model_output) / alpha_t
+        elif c.prediction_type == "v_prediction":
+            x0 = alpha_t * sample - sigma_t * model_output
+        else:
+            x0 = model_output
+        return dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value) if c.thresholding else x0
+
+    def _remember(self, output: torch.Tensor) -> None:
+        self.model_outputs = [*self.model_outputs[1:], output]
+
+    def lambdas(self, *indices: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(α_t, σ_t, λ_t) at the given step indices."""
+        result = []
+        for i in indices:
+            alpha_t, sigma_t = alpha_sigma(self.sigmas[i])
+            result.append((alpha_t, sigma_t, torch.log(alpha_t) - torch.log(sigma_t)))
+        return result
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = α_t·x_0 + σ_t·ε at the given schedule timesteps."""
+        sigmas = self.sigmas.to(device=original.device, dtype=original.dtype)
+        schedule = self.timesteps.to(original.device)
+        timesteps = torch.as_tensor(timesteps, device=original.device).reshape(-1)
+        if self._begin_index is None:
+            indices = [self.index_for_timestep(t, schedule) for t in timesteps]
+        else:
+            indices = [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
+        alpha_t, sigma_t = alpha_sigma(broadcast(sigmas[indices], original))
+        return alpha_t * original + sigma_t * noise

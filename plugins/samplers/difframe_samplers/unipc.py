@@ -1,0 +1,153 @@
+"""UniPC (Zhao et al. 2023): a multistep predictor (UniP) and, after each model call, a corrector (UniC) that
+refines the previous step with the new model output at no extra cost.
+
+Both solve for coefficients ρ from the linear system R·ρ = b built from the step-size ratios r_k and the φ
+functions of h (the B(h) variants bh1: B(h) = h, bh2: B(h) = e^h - 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from difframe.scheduling import (
+    BetaSchedule,
+    FinalSigmas,
+    MultistepScheduler,
+    PredictionType,
+    SchedulerOutput,
+    TimestepSpacing,
+    alpha_sigma,
+)
+
+
+class UniPCScheduler(MultistepScheduler):
+    layout_name = ("diffusers", "UniPCMultistepScheduler")
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: list[float] | None = None,
+        solver_order: Literal[1, 2, 3] = 2,
+        prediction_type: PredictionType = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        predict_x0: bool = True,
+        # DPM-Solver's and DEIS' solver types (from their configs) fall back to bh2.
+        solver_type: Literal["bh1", "bh2", "midpoint", "heun", "logrho"] = "bh2",
+        lower_order_final: bool = True,
+        disable_corrector: list[int] = [],  # noqa: B006 - recorded in the config; never mutated
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        timestep_spacing: TimestepSpacing = "linspace",
+        steps_offset: int = 0,
+        final_sigmas_type: FinalSigmas = "zero",
+        rescale_betas_zero_snr: bool = False,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+    ) -> None:
+        if solver_type not in ("bh1", "bh2"):
+            self.register_to_config(solver_type="bh2")
+        self._init_multistep()
+        self.last_sample: torch.Tensor | None = None
+
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device: Any = None, *, timesteps: Sequence[int] | None = None
+    ) -> None:
+        self._multistep_schedule(
+            num_inference_steps, timesteps, device, final_sigmas_type=self.config.final_sigmas_type
+        )
+        self.last_sample, self._order = None, 1
+
+    def _convert(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """Data prediction x̂_0 (predict_x0) or noise prediction ε̂ (the original UniPC formulation)."""
+        if self.config.predict_x0:
+            return self.data_prediction(model_output, sample)
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            return model_output
+        alpha_t, sigma_t = alpha_sigma(self.sigmas[self._step_index])
+        if kind == "sample":
+            return (sample - alpha_t * model_output) / sigma_t
+        return alpha_t * model_output + sigma_t * sample
+
+    def step(
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None
+    ) -> SchedulerOutput:
+        c = self.config
+        i = self._ensure_step_index(timestep)
+        converted = self._convert(model_output, sample)
+        if i > 0 and (i - 1) not in c.disable_corrector and self.last_sample is not None:
+            sample = self._update(self.last_sample, i - 1, self._order, corrector_output=converted, x_t=sample)
+        self._remember(converted)
+        order = min(c.solver_order, len(self.timesteps) - i) if c.lower_order_final else c.solver_order
+        self._order = min(order, self.lower_order_nums + 1)
+        self.last_sample = sample
+        prev = self._update(sample, i, self._order)
+        self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
+        self._step_index = i + 1
+        return SchedulerOutput(prev, converted if c.predict_x0 else None)
+
+    def _update(
+        self,
+        x: torch.Tensor,
+        s: int,
+        order: int,
+        corrector_output: torch.Tensor | None = None,
+        x_t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """UniP from step s to s + 1 (``corrector_output`` None), or UniC of that step: given x_t predicted at s + 1
+        and the model output there, recompute x_t with one more order of accuracy."""
+        device = x.device
+        corrector = corrector_output is not None
+        # History: in the corrector the newest stored output is at s, so older ones sit one further back.
+        outputs = self.model_outputs
+        m0 = outputs[-1]
+        (alpha_t, sigma_t, lambda_t), (alpha_s0, sigma_s0, lambda_s0) = self.lambdas(s + 1, s)
+        alpha_t, sigma_t, lambda_t = (v.to(device) for v in (alpha_t, sigma_t, lambda_t))
+        h = lambda_t - lambda_s0.to(device)
+        rks, d1s = [], []
+        for k in range(1, order):
+            lambda_sk = self.lambdas(s - k)[0][2].to(device)
+            rk = (lambda_sk - lambda_s0.to(device)) / h
+            rks.append(rk)
+            d1s.append((outputs[-(k + 1)] - m0) / rk)
+        rks.append(torch.ones((), device=device))
+        rks = torch.stack(rks)
+        hh = -h if self.config.predict_x0 else h
+        h_phi_1 = torch.expm1(hh)
+        h_phi_k = h_phi_1 / hh - 1
+        b_h = hh if self.config.solver_type == "bh1" else torch.expm1(hh)
+        R, b, factorial = [], [], 1
+        for k in range(1, order + 1):
+            R.append(torch.pow(rks, k - 1))
+            b.append(h_phi_k * factorial / b_h)
+            factorial *= k + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial
+        R, b = torch.stack(R), torch.stack(b)
+        d1s_t = torch.stack(d1s, dim=1) if d1s else None
+        if self.config.predict_x0:
+            base = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
+            scale = alpha_t
+        else:
+            base = alpha_t / alpha_s0 * x - sigma_t * h_phi_1 * m0
+            scale = sigma_t
+        if not corrector:
+            if d1s_t is None:
+                return (base - scale * b_h * 0).to(x.dtype)
+            rhos = torch.ones(1, dtype=x.dtype, device=device) * 0.5 if order == 2 else None
+            if rhos is None:
+                rhos = torch.linalg.solve(R[:-1, :-1], b[:-1]).to(device).to(x.dtype)
+            res = torch.einsum("k,bkc...->bc...", rhos, d1s_t)
+            return (base - scale * b_h * res).to(x.dtype)
+        if order == 1:
+            rhos_c = torch.ones(1, dtype=x.dtype, device=device) * 0.5
+        else:
+            rhos_c = torch.linalg.solve(R, b).to(device).to(x.dtype)
+        res = torch.einsum("k,bkc...->bc...", rhos_c[:-1], d1s_t) if d1s_t is not None else 0
+        return (base - scale * b_h * (res + rhos_c[-1] * (corrector_output - m0))).to(x.dtype)
