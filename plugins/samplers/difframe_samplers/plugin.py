@@ -1,0 +1,132 @@
+"""The samplers' registrations. Factories are strings: listing plugins imports neither torch nor the samplers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import difframe
+
+KARRAS = {"use_karras_sigmas": True}
+DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+DPMPP_2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
+DPMPP_3M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}
+NEEDS_TORCHSDE = {"packages": ("torchsde",)}
+
+
+@difframe.hookimpl
+def register_scheduler(register: Any) -> None:
+    def add(
+        name: str,
+        factory: str,
+        aliases: tuple[str, ...],
+        description: str,
+        *,
+        options: dict[str, Any] | None = None,
+        stochastic: bool = False,
+        loads: str | None = None,
+        requires: dict[str, Any] | None = None,
+    ) -> None:
+        # Each class of the shared layout is loaded by exactly one name: the plain one, without options.
+        register(
+            name=name,
+            factory=f"difframe_samplers.{factory}",
+            aliases=aliases,
+            description=description,
+            options=options or {},
+            stochastic=stochastic,
+            loads=[("diffusers", loads)] if loads else [],
+            requires=requires or {},
+        )
+
+    # Aliases include the names web UIs show ("DPM++ 2M Karras", "Euler a"); they match case-insensitively.
+    add("ddpm", "ddpm:DDPMScheduler", ("DDPM",), "DDPM ancestral sampling", stochastic=True, loads="DDPMScheduler")
+    add("ddim", "ddim:DDIMScheduler", ("DDIM",), "DDIM; eta=0 is deterministic", loads="DDIMScheduler")
+    add("pndm", "pndm:PNDMScheduler", ("PNDM",), "Runge-Kutta warm-up, then linear multistep", loads="PNDMScheduler")
+    add("plms", "pndm:PNDMScheduler", ("PLMS",), "PNDM without the warm-up", options={"skip_prk_steps": True})
+    add("euler", "euler:EulerScheduler", ("Euler",), "Euler", loads="EulerDiscreteScheduler")
+    add("euler_karras", "euler:EulerScheduler", ("Euler Karras",), "Euler, Karras sigmas", options=KARRAS)
+    add(
+        "euler_a",
+        "euler:EulerAncestralScheduler",
+        ("Euler a", "euler_ancestral", "Euler ancestral"),
+        "Euler ancestral",
+        stochastic=True,
+        loads="EulerAncestralDiscreteScheduler",
+    )
+    add("heun", "heun:HeunScheduler", ("Heun",), "Heun, 2 model calls a step", loads="HeunDiscreteScheduler")
+    add("heun_karras", "heun:HeunScheduler", ("Heun Karras",), "Heun, Karras sigmas", options=KARRAS)
+    add("lms", "lms:LMSScheduler", ("LMS",), "linear multistep", loads="LMSDiscreteScheduler")
+    add("lms_karras", "lms:LMSScheduler", ("LMS Karras",), "linear multistep, Karras sigmas", options=KARRAS)
+    add("dpm2", "dpm2:DPM2Scheduler", ("DPM2",), "DPM2, 2 model calls a step", loads="KDPM2DiscreteScheduler")
+    add("dpm2_karras", "dpm2:DPM2Scheduler", ("DPM2 Karras",), "DPM2, Karras sigmas", options=KARRAS)
+    add(
+        "dpm2_a",
+        "dpm2:DPM2AncestralScheduler",
+        ("DPM2 a", "dpm2_ancestral"),
+        "DPM2 ancestral",
+        stochastic=True,
+        loads="KDPM2AncestralDiscreteScheduler",
+    )
+    add(
+        "dpm2_a_karras",
+        "dpm2:DPM2AncestralScheduler",
+        ("DPM2 a Karras",),
+        "DPM2 ancestral, Karras sigmas",
+        options=KARRAS,
+        stochastic=True,
+    )
+    dpmpp = "dpmpp:DPMSolverMultistepScheduler"
+    add(
+        "dpmpp_2m",
+        dpmpp,
+        ("dpmpp", "DPM++ 2M", "dpmsolver++"),
+        "DPM-Solver++ 2M",
+        options=DPMPP_2M,
+        loads="DPMSolverMultistepScheduler",
+    )
+    add(
+        "dpmpp_2m_karras",
+        dpmpp,
+        ("DPM++ 2M Karras", "dpmpp_karras"),
+        "DPM++ 2M, Karras sigmas",
+        options=DPMPP_2M | KARRAS,
+    )
+    add("dpmpp_2m_sde", dpmpp, ("DPM++ 2M SDE",), "DPM++ 2M, stochastic", options=DPMPP_2M_SDE, stochastic=True)
+    add(
+        "dpmpp_2m_sde_karras",
+        dpmpp,
+        ("DPM++ 2M SDE Karras",),
+        "DPM++ 2M SDE, Karras sigmas",
+        options=DPMPP_2M_SDE | KARRAS,
+        stochastic=True,
+    )
+    add("dpmpp_3m_sde", dpmpp, ("DPM++ 3M SDE",), "DPM++ 3M, stochastic", options=DPMPP_3M_SDE, stochastic=True)
+    add(
+        "dpmpp_3m_sde_karras",
+        dpmpp,
+        ("DPM++ 3M SDE Karras",),
+        "DPM++ 3M SDE, Karras sigmas",
+        options=DPMPP_3M_SDE | KARRAS,
+        stochastic=True,
+    )
+    add(
+        "dpmpp_sde",
+        "dpmpp_sde:DPMSolverSDEScheduler",
+        ("DPM++ SDE",),
+        "DPM++ SDE, Brownian-tree noise",
+        stochastic=True,
+        loads="DPMSolverSDEScheduler",
+        requires=NEEDS_TORCHSDE,
+    )
+    add(
+        "dpmpp_sde_karras",
+        "dpmpp_sde:DPMSolverSDEScheduler",
+        ("DPM++ SDE Karras",),
+        "DPM++ SDE, Karras sigmas",
+        options=KARRAS,
+        stochastic=True,
+        requires=NEEDS_TORCHSDE,
+    )
+    add("unipc", "unipc:UniPCScheduler", ("UniPC",), "UniPC predictor-corrector", loads="UniPCMultistepScheduler")
+    add("unipc_karras", "unipc:UniPCScheduler", ("UniPC Karras",), "UniPC, Karras sigmas", options=KARRAS)
+    add("deis", "deis:DEISScheduler", ("DEIS",), "DEIS log-rho multistep", loads="DEISMultistepScheduler")
