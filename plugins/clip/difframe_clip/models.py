@@ -56,6 +56,19 @@ def _use_safetensors(folder: Path, variant: str | None, allow_pickle: bool) -> b
     )
 
 
+def _check_loading_info(name: str, folder: Path, info: dict[str, Any]) -> None:
+    """transformers re-initializes missing or misshapen weights with a warning; for us that is an error."""
+    missing = sorted(info.get("missing_keys") or [])
+    misshapen = [f"{key}: checkpoint {tuple(a)} vs model {tuple(b)}" for key, a, b in info.get("mismatched_keys") or []]
+    if not (missing or misshapen):
+        return
+    text = f"the weights in {folder} do not match {name}:"
+    for title, keys in (("missing from the checkpoint", missing), ("wrong shape", sorted(misshapen))):
+        if keys:
+            text += f"\n  {title} ({len(keys)}): " + ", ".join(keys[:8]) + (" and more" if len(keys) > 8 else "")
+    raise ModelLoadError(text + "\nCheck that config.json describes the architecture these weights were trained with.")
+
+
 class _PretrainedModel:
     """from_pretrained / save_pretrained with difframe's keywords, for transformers models."""
 
@@ -77,12 +90,14 @@ class _PretrainedModel:
         folder = _folder(reference, subfolder, kwargs, variant=variant, allow_pickle=allow_pickle)
         safetensors = _use_safetensors(folder, variant, allow_pickle)
         dtype = kwargs.pop("dtype", None) or torch_dtype or torch.float32
+        kwargs.setdefault("ignore_mismatched_sizes", True)  # reported below, by name and shapes, as an error
         try:
-            model = super().from_pretrained(  # type: ignore[misc]
-                folder, dtype=dtype, variant=variant, use_safetensors=safetensors, **kwargs
+            model, info = super().from_pretrained(  # type: ignore[misc]
+                folder, dtype=dtype, variant=variant, use_safetensors=safetensors, output_loading_info=True, **kwargs
             )
         except (OSError, ValueError, RuntimeError) as error:
             raise ModelLoadError(f"cannot load {cls.__name__} from {folder}: {error}") from error
+        _check_loading_info(cls.__name__, folder, info)
         if device is not None:
             model.to(device)
         return model.eval()

@@ -67,7 +67,7 @@ def helpers():
     return types.SimpleNamespace(make_reference_pipeline=make_reference_pipeline, tiny_text=dict(TINY_TEXT))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def conditioner(model_root):
     from difframe_clip import CLIPTextConditioner
 
