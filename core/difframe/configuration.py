@@ -42,6 +42,8 @@ class Config(Mapping[str, Any]):
         return len(self._values)
 
     def __getattr__(self, key: str) -> Any:
+        if key.startswith("__") or key == "_values":  # copy and pickle probe dunders before _values exists
+            raise AttributeError(key)
         try:
             return self._values[key]
         except KeyError:
@@ -52,6 +54,9 @@ class Config(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"Config({self._values!r})"
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        return Config, (self._values,)
 
 
 def _jsonable(value: Any) -> Any:

@@ -116,3 +116,13 @@ def test_save_config_never_leaves_a_partial_file(tmp_path, monkeypatch):
         Sampler(4).save_config(tmp_path)
     assert (tmp_path / "scheduler_config.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scheduler_config.json"]
+
+
+def test_config_survives_copy_and_pickle():
+    import copy
+    import pickle
+
+    sampler = Sampler(12, betas=(0.5,))
+    for clone in (copy.deepcopy(sampler), pickle.loads(pickle.dumps(sampler))):
+        assert dict(clone.config) == dict(sampler.config)
+        assert clone.config.num_train_timesteps == 12
