@@ -118,3 +118,27 @@ def test_fp16_and_bf16(model_root):
     brain = CLIPTextConditioner.from_pretrained(model_root, torch_dtype=torch.bfloat16)
     assert brain.encode(PROMPTS).dtype == torch.bfloat16
     assert (brain.encode(PROMPTS).float() - full).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("clip_skip", [None, 1])
+def test_sd2_style_text_encoder_matches_reference(tmp_path, helpers, clip_skip):
+    """SD 2.x: OpenCLIP-style encoder (gelu) and a tokenizer that pads with '!' (id 0) instead of <|endoftext|>."""
+    import transformers
+    from difframe_clip.vocab import write_tokenizer_folder
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    write_tokenizer_folder(tmp_path / "tokenizer", pad_token="!")
+    torch.manual_seed(1)
+    config = transformers.CLIPTextConfig(**{**helpers.tiny_text, "hidden_act": "gelu", "num_hidden_layers": 3})
+    transformers.CLIPTextModel(config).save_pretrained(tmp_path / "text_encoder")
+    conditioner = CLIPTextConditioner.from_pretrained(tmp_path)
+    assert conditioner.tokenize("a cat")[0, 0, :5].tolist() == [49406, 320, 2368, 49407, 0]
+    reference = helpers.make_reference_pipeline(
+        transformers.CLIPTokenizer.from_pretrained(tmp_path / "tokenizer"),
+        transformers.CLIPTextModel.from_pretrained(tmp_path / "text_encoder").eval(),
+        StableDiffusionPipeline,
+        DDIMScheduler,
+    )
+    expected, expected_negative = encode_prompt(reference, PROMPTS, ["low quality", ""], clip_skip)
+    positive, negative = conditioner.encode_pair(PROMPTS, ["low quality", ""], clip_skip, negative_clip_skip=None)
+    assert torch.equal(positive, expected) and torch.equal(negative, expected_negative)
