@@ -252,12 +252,21 @@ def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> t
 
 
 def randn_like(
-    sample: torch.Tensor, generator: torch.Generator | None, dtype: torch.dtype | None = None
+    sample: torch.Tensor,
+    generator: torch.Generator | list[torch.Generator] | None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Gaussian noise shaped like ``sample``, drawn on the generator's device so a seed gives the same noise
-    whatever device the sample is on."""
+    whatever device the sample is on. With a list of generators (one per sample), sample i's noise comes from
+    generator i alone, so an image does not depend on the batch it is in."""
+    dtype = dtype or sample.dtype
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != sample.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {sample.shape[0]}")
+        parts = [torch.randn((1, *sample.shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.cat(parts).to(sample.device)
     device = generator.device if generator is not None else sample.device
-    noise = torch.randn(sample.shape, generator=generator, device=device, dtype=dtype or sample.dtype)
+    noise = torch.randn(sample.shape, generator=generator, device=device, dtype=dtype)
     return noise.to(sample.device)
 
 
