@@ -265,3 +265,16 @@ def test_plugin_registers_the_autoencoder():
     assert registration is not None and registration.name == "vae-kl"
     assert registration.spec.role == "autoencoder"
     assert framework.load_factory(registration) is AutoencoderKL
+
+
+@pytest.mark.parametrize(("name", "options"), [("sliced", {"slice_size": "max"}), ("reference", {}), ("auto", {})])
+@torch.no_grad()
+def test_attention_by_registered_name(vae, name, options):
+    x = torch.randn(1, 3, 32, 32)
+    expected = vae(x)
+    vae.set_attention(name, **options)
+    assert max_diff(vae(x), expected) < 1e-5
+    expected_backend = {"sliced": SlicedBackend, "reference": ReferenceBackend}.get(name)
+    if expected_backend is not None:
+        assert isinstance(vae.decoder.mid_block.attentions[0].backend, expected_backend)
+        assert isinstance(vae.encoder.mid_block.attentions[0].backend, expected_backend)
