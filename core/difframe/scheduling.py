@@ -70,7 +70,7 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     Schedules and Sample Steps are Flawed', Algorithm 1)."""
     sqrt_alpha_bar = torch.cumprod(1.0 - betas, dim=0).sqrt()
     first, last = sqrt_alpha_bar[0].clone(), sqrt_alpha_bar[-1].clone()
-    sqrt_alpha_bar = (sqrt_alpha_bar - last) * first / (first - last)
+    sqrt_alpha_bar = (sqrt_alpha_bar - last) * (first / (first - last))
     alpha_bar = sqrt_alpha_bar**2
     alphas = torch.cat([alpha_bar[0:1], alpha_bar[1:] / alpha_bar[:-1]])
     return 1 - alphas
@@ -165,7 +165,7 @@ def check_steps(num_inference_steps: int | None, timesteps: Any, sigmas: Any, nu
 # --- noise levels ----------------------------------------------------------------------------------------------
 def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> np.ndarray:
     """σ of every training timestep, ascending with t (float32)."""
-    return np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).numpy()
 
 
 def sigma_to_t(sigmas: Any, log_sigmas: np.ndarray) -> np.ndarray:
@@ -361,6 +361,18 @@ class AlphaScheduler(SchedulerMixin):
         return alpha_prod**0.5 * original + (1 - alpha_prod) ** 0.5 * noise
 
 
+def _first_step_index(matches: torch.Tensor) -> int:
+    """Where a trajectory starts, given the schedule positions that hold its first timestep.
+
+    A timestep listed twice away from the start (second-order samplers list each step twice) means an
+    image-to-image start in the middle: take the later entry so that no step is skipped. A timestep repeated at the
+    very start (Karras σs that round to one timestep) starts at 0, where the reference library would run past the
+    end of its schedule.
+    """
+    first = int(matches[0].item())
+    return int(matches[1].item()) if len(matches) > 1 and first != 0 else first
+
+
 class SigmaScheduler(SchedulerMixin):
     """Base of the samplers that integrate over σ, k-diffusion style (Euler, Heun, LMS, DPM2, DPM++ SDE...).
 
@@ -459,9 +471,7 @@ class SigmaScheduler(SchedulerMixin):
         matches = (schedule == torch.as_tensor(timestep, device=schedule.device)).nonzero()
         if len(matches) == 0:
             raise ValueError(f"timestep {float(timestep)} is not in this sampler's schedule; use scheduler.timesteps")
-        # A timestep listed twice (second-order samplers) means an image-to-image start: take the later entry so
-        # the first step is not skipped.
-        return int(matches[1 if len(matches) > 1 else 0].item())
+        return _first_step_index(matches)
 
     def _ensure_step_index(self, timestep: Any) -> int:
         if self.num_inference_steps is None:
@@ -560,7 +570,7 @@ class MultistepScheduler(SigmaScheduler):
         matches = (schedule == torch.as_tensor(timestep, device=schedule.device)).nonzero()
         if len(matches) == 0:  # a timestep between steps: treat it as the last one
             return len(self.timesteps) - 1
-        return int(matches[1 if len(matches) > 1 else 0].item())
+        return _first_step_index(matches)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         return sample

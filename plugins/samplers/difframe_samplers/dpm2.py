@@ -126,7 +126,9 @@ class DPM2AncestralScheduler(_DPM2Base):
         sigmas_next = sigmas.roll(-1)
         sigmas_next[-1] = 0.0
         up = (sigmas_next**2 * (sigmas**2 - sigmas_next**2) / sigmas**2) ** 0.5
-        down = (sigmas_next**2 - up**2) ** 0.5
+        down_squared = sigmas_next**2 - up**2
+        # When σ >> σ_next rounding can make that negative: use the equal σ_next²/σ instead of a NaN.
+        down = torch.where(down_squared > 0, down_squared.clamp(min=0) ** 0.5, sigmas_next**2 / sigmas)
         down[-1] = 0.0
         mid = sigmas.log().lerp(down.log(), 0.5).exp()  # midpoint between σ and σ_down
         mid[-2:] = 0.0

@@ -120,7 +120,9 @@ class EulerAncestralScheduler(SigmaScheduler):
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         x0 = x0_from_sigma(self.config.prediction_type, model_output, sample, sigma)
         sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
-        sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+        down_squared = sigma_next**2 - sigma_up**2
+        # When σ >> σ_next rounding can make that negative: use the equal σ_next²/σ instead of a NaN.
+        sigma_down = down_squared**0.5 if down_squared > 0 else sigma_next**2 / sigma
         prev = sample + (sample - x0) / sigma * (sigma_down - sigma)
         prev = prev + randn_like(model_output, generator) * sigma_up
         self._step_index = i + 1
