@@ -16,6 +16,20 @@ from pathlib import Path
 _RENAME_EXCHANGE = 2  # linux/fs.h
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _normal_permissions(root: Path) -> None:
+    """mkstemp/mkdtemp create owner-only entries; give what was written the permissions of a plain write."""
+    mask = _umask()
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write a text file through a temporary file in the same folder, then rename it into place."""
     path = Path(path)
@@ -26,6 +40,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -96,6 +111,7 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _normal_permissions(staging)
     if not target.exists():
         os.rename(staging, target)
         return

@@ -387,6 +387,8 @@ class SigmaScheduler(SchedulerMixin):
 
     def _init_sigmas(self) -> None:
         c = self.config
+        if c.get("use_karras_sigmas") and c.get("use_exponential_sigmas"):
+            raise ValueError("use_karras_sigmas and use_exponential_sigmas cannot both be on; choose one")
         self.alphas_cumprod = make_alphas_cumprod(
             c.num_train_timesteps,
             c.beta_start,

@@ -220,3 +220,17 @@ def test_num_parameters(model):
     assert model.num_parameters() == sum(p.numel() for p in model.parameters())
     model.outer.requires_grad_(False)
     assert model.num_parameters(trainable_only=True) == model.inner.weight.numel() + model.inner.bias.numel()
+
+
+def test_saved_files_have_ordinary_permissions(tmp_path, model):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        model.save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
+    for path in (tmp_path / "m").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
