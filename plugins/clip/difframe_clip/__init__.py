@@ -6,9 +6,9 @@ from typing import Any
 
 _LAZY = {
     "CLIPTextConditioner": "conditioner",
-    "CLIPTextModel": "models",
-    "CLIPTokenizer": "models",
-    "CLIPVisionModelWithProjection": "models",
+    "CLIPTextModelLoader": "models",
+    "CLIPTokenizerLoader": "models",
+    "CLIPVisionModelLoader": "models",
     "CLIPImageProcessor": "models",
     "write_tokenizer_folder": "vocab",
 }

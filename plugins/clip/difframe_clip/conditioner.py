@@ -57,10 +57,10 @@ class CLIPTextConditioner:
         **options: Any,
     ) -> CLIPTextConditioner:
         """Load a model folder's tokenizer/ and text_encoder/."""
-        from .models import CLIPTextModel, CLIPTokenizer
+        from .models import CLIPTextModelLoader, CLIPTokenizerLoader
 
-        tokenizer = CLIPTokenizer.from_pretrained(reference, subfolder=tokenizer_subfolder)
-        encoder = CLIPTextModel.from_pretrained(
+        tokenizer = CLIPTokenizerLoader.from_pretrained(reference, subfolder=tokenizer_subfolder)
+        encoder = CLIPTextModelLoader.from_pretrained(
             reference, subfolder=text_encoder_subfolder, torch_dtype=torch_dtype, variant=variant,
             allow_pickle=allow_pickle,
         )  # fmt: skip

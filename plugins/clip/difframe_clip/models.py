@@ -1,21 +1,18 @@
-"""transformers' CLIP classes with difframe's loader interface.
+"""Loaders of transformers' CLIP classes with difframe's loader interface.
 
-Each class is the transformers class of the same name (so saved configs, ``architectures`` and
-``tokenizer_class`` entries stay those of the shared layout) with a ``from_pretrained`` that takes the keywords a
-difframe pipeline passes to every component (subfolder, torch_dtype, variant, allow_pickle) and a ``layout_name``
-that a pipeline writes back into model_index.json.
+Each loader's ``from_pretrained`` takes the keywords a difframe pipeline passes to every component (subfolder,
+torch_dtype, variant, allow_pickle) and returns the transformers object itself, whose class name is the one in
+model_index.json, so a pipeline saves it back under the same entry.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import transformers
-from difframe.atomic import atomic_directory
 from difframe.errors import ModelLoadError
 from difframe.hub import resolve, weight_patterns
 from difframe.weights import with_variant
@@ -69,10 +66,15 @@ def _check_loading_info(name: str, folder: Path, info: dict[str, Any]) -> None:
     raise ModelLoadError(text + "\nCheck that config.json describes the architecture these weights were trained with.")
 
 
-class _PretrainedModel:
-    """from_pretrained / save_pretrained with difframe's keywords, for transformers models."""
+class _ModelLoader:
+    """Loads a transformers model with difframe's keywords; returns the transformers model itself.
 
-    layout_name: ClassVar[tuple[str, str]]
+    (Not a subclass: transformers treats subclasses defined elsewhere as custom code and then skips the key
+    conversions that let it read checkpoints saved by older versions, such as the ``text_model.`` prefix of every
+    Stable Diffusion text encoder.)
+    """
+
+    model_class: ClassVar[str]
 
     @classmethod
     def from_pretrained(
@@ -91,47 +93,36 @@ class _PretrainedModel:
         safetensors = _use_safetensors(folder, variant, allow_pickle)
         dtype = kwargs.pop("dtype", None) or torch_dtype or torch.float32
         kwargs.setdefault("ignore_mismatched_sizes", True)  # reported below, by name and shapes, as an error
+        model_class = getattr(transformers, cls.model_class)
         try:
-            model, info = super().from_pretrained(  # type: ignore[misc]
+            model, info = model_class.from_pretrained(
                 folder, dtype=dtype, variant=variant, use_safetensors=safetensors, output_loading_info=True, **kwargs
             )
         except (OSError, ValueError, RuntimeError) as error:
-            raise ModelLoadError(f"cannot load {cls.__name__} from {folder}: {error}") from error
-        _check_loading_info(cls.__name__, folder, info)
+            raise ModelLoadError(f"cannot load {cls.model_class} from {folder}: {error}") from error
+        _check_loading_info(cls.model_class, folder, info)
         if device is not None:
             model.to(device)
         return model.eval()
 
-    def save_pretrained(
-        self, folder: str | os.PathLike[str], *, variant: str | None = None, atomic: bool = True, **kwargs: Any
-    ) -> Path:
-        """config.json and model.safetensors; an existing save is replaced only once the new one is complete."""
-        folder = Path(folder)
-        context = atomic_directory(folder) if atomic else contextlib.nullcontext(folder)
-        with context as staging:
-            super().save_pretrained(staging, variant=variant, **kwargs)  # type: ignore[misc]
-        return folder
+
+class CLIPTextModelLoader(_ModelLoader):
+    """The CLIP text transformer (Stable Diffusion's text_encoder/): a ``transformers.CLIPTextModel``."""
+
+    model_class = "CLIPTextModel"
 
 
-class CLIPTextModel(_PretrainedModel, transformers.CLIPTextModel):
-    """The CLIP text transformer (Stable Diffusion's text_encoder/)."""
+class CLIPVisionModelLoader(_ModelLoader):
+    """The CLIP image transformer and projection (IP-Adapter's image_encoder/): ``image_embeds``."""
 
-    layout_name = ("transformers", "CLIPTextModel")
-
-
-class CLIPVisionModelWithProjection(_PretrainedModel, transformers.CLIPVisionModelWithProjection):
-    """The CLIP image transformer and its projection (IP-Adapter's image_encoder/): ``image_embeds``."""
-
-    layout_name = ("transformers", "CLIPVisionModelWithProjection")
+    model_class = "CLIPVisionModelWithProjection"
 
 
-class CLIPTokenizer(transformers.CLIPTokenizer):
-    """CLIP's byte-level BPE tokenizer (a model's tokenizer/ folder); weight keywords are accepted and ignored."""
-
-    layout_name: ClassVar[tuple[str, str]] = ("transformers", "CLIPTokenizer")
+class CLIPTokenizerLoader:
+    """CLIP's byte-level BPE tokenizer (a model's tokenizer/): a ``transformers.CLIPTokenizer``."""
 
     @classmethod
-    def from_pretrained(  # type: ignore[override]
+    def from_pretrained(
         cls,
         reference: str | os.PathLike[str],
         *,
@@ -140,16 +131,21 @@ class CLIPTokenizer(transformers.CLIPTokenizer):
         variant: str | None = None,
         allow_pickle: bool = False,
         **kwargs: Any,
-    ) -> CLIPTokenizer:
+    ) -> transformers.CLIPTokenizer:
+        """Weight keywords are accepted and ignored."""
         folder = _folder(reference, subfolder, kwargs)
         try:
-            return super().from_pretrained(folder, **kwargs)
+            return transformers.CLIPTokenizer.from_pretrained(folder, **kwargs)
         except (OSError, ValueError) as error:
             raise ModelLoadError(f"cannot load a CLIP tokenizer from {folder}: {error}") from error
 
 
 class CLIPImageProcessor(_ImageProcessorBase):
-    """Resize, center-crop and normalize images for the CLIP vision encoder (a model's feature_extractor/)."""
+    """Resize, center-crop and normalize images for the CLIP vision encoder (a model's feature_extractor/).
+
+    transformers' PIL backend (no torchvision needed) under the layout's class name, so that saves and
+    model_index.json say CLIPImageProcessor.
+    """
 
     layout_name: ClassVar[tuple[str, str]] = ("transformers", "CLIPImageProcessor")
 

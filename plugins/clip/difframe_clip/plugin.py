@@ -11,7 +11,7 @@ REQUIRES = {"packages": ("transformers",)}
 def register_model(register) -> None:
     register(
         name="clip-text-model",
-        factory="difframe_clip.models:CLIPTextModel",
+        factory="difframe_clip.models:CLIPTextModelLoader",
         role="text_encoder",
         loads=[("transformers", "CLIPTextModel")],
         requires=REQUIRES,
@@ -19,7 +19,7 @@ def register_model(register) -> None:
     )
     register(
         name="clip-tokenizer",
-        factory="difframe_clip.models:CLIPTokenizer",
+        factory="difframe_clip.models:CLIPTokenizerLoader",
         role="tokenizer",
         loads=[("transformers", "CLIPTokenizer"), ("transformers", "CLIPTokenizerFast")],
         requires=REQUIRES,
@@ -27,7 +27,7 @@ def register_model(register) -> None:
     )
     register(
         name="clip-vision-model",
-        factory="difframe_clip.models:CLIPVisionModelWithProjection",
+        factory="difframe_clip.models:CLIPVisionModelLoader",
         role="image_encoder",
         loads=[("transformers", "CLIPVisionModelWithProjection")],
         requires=REQUIRES,

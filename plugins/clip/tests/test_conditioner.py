@@ -97,10 +97,10 @@ def test_bad_arguments_are_clear_errors(conditioner, model_root):
 def test_attention_mask_models_get_a_mask(model_root, tmp_path, helpers):
     """A text encoder whose config sets use_attention_mask gets the padding masked, as the reference does it."""
     import transformers
-    from difframe_clip import CLIPTextModel
+    from difframe_clip import CLIPTextModelLoader
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    encoder = CLIPTextModel.from_pretrained(model_root, subfolder="text_encoder")
+    encoder = CLIPTextModelLoader.from_pretrained(model_root, subfolder="text_encoder")
     encoder.config.use_attention_mask = True
     tokenizer = transformers.CLIPTokenizer.from_pretrained(model_root / "tokenizer")
     conditioner = CLIPTextConditioner(tokenizer, encoder)

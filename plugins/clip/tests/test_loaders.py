@@ -8,12 +8,7 @@ import pytest
 import torch
 import transformers
 from difframe.errors import ModelLoadError
-from difframe_clip import (
-    CLIPImageProcessor,
-    CLIPTextModel,
-    CLIPTokenizer,
-    CLIPVisionModelWithProjection,
-)
+from difframe_clip import CLIPImageProcessor, CLIPTextModelLoader, CLIPTokenizerLoader, CLIPVisionModelLoader
 
 TINY_VISION = {
     "hidden_size": 32,
@@ -27,30 +22,43 @@ TINY_VISION = {
 
 
 def test_text_encoder_loads_with_pipeline_keywords(model_root):
-    encoder = CLIPTextModel.from_pretrained(
+    encoder = CLIPTextModelLoader.from_pretrained(
         model_root, subfolder="text_encoder", torch_dtype=None, variant=None, allow_pickle=False
     )
-    assert isinstance(encoder, transformers.CLIPTextModel) and not encoder.training
+    assert type(encoder) is transformers.CLIPTextModel and not encoder.training  # a pipeline saves it as such
     assert encoder.dtype == torch.float32
     reference = transformers.CLIPTextModel.from_pretrained(model_root / "text_encoder")
     ids = torch.tensor([[49406, 320, 1125, 539, 320, 2368, 49407]])
     with torch.no_grad():
         assert torch.equal(encoder(ids).last_hidden_state, reference(ids).last_hidden_state)
-    half = CLIPTextModel.from_pretrained(model_root, subfolder="text_encoder", torch_dtype=torch.float16)
+    half = CLIPTextModelLoader.from_pretrained(model_root, subfolder="text_encoder", torch_dtype=torch.float16)
     assert half.dtype == torch.float16
 
 
-def test_save_keeps_the_shared_layout(model_root, tmp_path):
-    encoder = CLIPTextModel.from_pretrained(model_root, subfolder="text_encoder")
+def test_variants_and_saves(model_root, tmp_path):
+    encoder = CLIPTextModelLoader.from_pretrained(model_root, subfolder="text_encoder")
     encoder.save_pretrained(tmp_path / "text_encoder", variant="fp16")
     config = json.loads((tmp_path / "text_encoder" / "config.json").read_text())
     assert config["architectures"] == ["CLIPTextModel"]
     assert (tmp_path / "text_encoder" / "model.fp16.safetensors").is_file()
-    assert CLIPTextModel.layout_name == ("transformers", "CLIPTextModel")
-    again = CLIPTextModel.from_pretrained(tmp_path, subfolder="text_encoder", variant="fp16")
+    again = CLIPTextModelLoader.from_pretrained(tmp_path, subfolder="text_encoder", variant="fp16")
     assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), again.state_dict().values()))
     with pytest.raises(ModelLoadError, match="no weights file model.safetensors"):
-        CLIPTextModel.from_pretrained(tmp_path, subfolder="text_encoder")
+        CLIPTextModelLoader.from_pretrained(tmp_path, subfolder="text_encoder")
+
+
+def test_checkpoints_with_the_text_model_prefix_load(model_root, tmp_path):
+    """Stable Diffusion text encoders were saved by transformers 4: keys start with 'text_model.'."""
+    from safetensors.torch import save_file
+
+    encoder = transformers.CLIPTextModel.from_pretrained(model_root / "text_encoder")
+    folder = tmp_path / "text_encoder"
+    encoder.config.save_pretrained(folder)
+    state = {f"text_model.{key}": value.contiguous() for key, value in encoder.state_dict().items()}
+    state["text_model.embeddings.position_ids"] = torch.arange(77)[None]  # a buffer old saves carry
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    loaded = CLIPTextModelLoader.from_pretrained(tmp_path, subfolder="text_encoder")
+    assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), loaded.state_dict().values()))
 
 
 def test_pickle_weights_need_allow_pickle(model_root, tmp_path):
@@ -59,8 +67,8 @@ def test_pickle_weights_need_allow_pickle(model_root, tmp_path):
     encoder.config.save_pretrained(folder)
     torch.save(encoder.state_dict(), folder / "pytorch_model.bin")
     with pytest.raises(ModelLoadError, match="only pickle weights.*allow_pickle=True"):
-        CLIPTextModel.from_pretrained(tmp_path, subfolder="text_encoder")
-    loaded = CLIPTextModel.from_pretrained(tmp_path, subfolder="text_encoder", allow_pickle=True)
+        CLIPTextModelLoader.from_pretrained(tmp_path, subfolder="text_encoder")
+    loaded = CLIPTextModelLoader.from_pretrained(tmp_path, subfolder="text_encoder", allow_pickle=True)
     assert torch.equal(loaded.get_input_embeddings().weight, encoder.get_input_embeddings().weight)
 
 
@@ -72,18 +80,18 @@ def test_wrong_architecture_is_a_load_error(model_root, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "model.safetensors").write_bytes((model_root / "text_encoder" / "model.safetensors").read_bytes())
     with pytest.raises(ModelLoadError, match=r"position_embedding.weight: checkpoint \(77, 32\) vs model \(77, 48\)"):
-        CLIPTextModel.from_pretrained(tmp_path, subfolder="text_encoder")
+        CLIPTextModelLoader.from_pretrained(tmp_path, subfolder="text_encoder")
 
 
 def test_tokenizer_loader_round_trips(model_root, tmp_path):
-    tokenizer = CLIPTokenizer.from_pretrained(model_root, subfolder="tokenizer", torch_dtype=torch.float16)
-    assert isinstance(tokenizer, transformers.CLIPTokenizer)
+    tokenizer = CLIPTokenizerLoader.from_pretrained(model_root, subfolder="tokenizer", torch_dtype=torch.float16)
+    assert type(tokenizer) is transformers.CLIPTokenizer
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     again = transformers.CLIPTokenizer.from_pretrained(tmp_path / "tokenizer")
     assert again("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     with pytest.raises(ModelLoadError, match="does not exist"):
-        CLIPTokenizer.from_pretrained(tmp_path / "missing")
+        CLIPTokenizerLoader.from_pretrained(tmp_path / "missing")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +108,8 @@ def vision_root(tmp_path_factory):
 def test_vision_encoder_image_embeddings_equal_transformers(vision_root):
     from PIL import Image
 
-    ours = CLIPVisionModelWithProjection.from_pretrained(vision_root, subfolder="image_encoder", variant=None)
+    ours = CLIPVisionModelLoader.from_pretrained(vision_root, subfolder="image_encoder", variant=None)
+    assert type(ours) is transformers.CLIPVisionModelWithProjection
     reference = transformers.CLIPVisionModelWithProjection.from_pretrained(vision_root / "image_encoder").eval()
     processor = CLIPImageProcessor.from_pretrained(vision_root, subfolder="feature_extractor", torch_dtype=None)
     reference_processor = transformers.CLIPImageProcessorPil.from_pretrained(vision_root / "feature_extractor")
@@ -117,9 +126,7 @@ def test_vision_encoder_image_embeddings_equal_transformers(vision_root):
     assert out.image_embeds.shape == (2, 16)
     assert torch.equal(out.image_embeds, expected.image_embeds)
     assert torch.equal(out.hidden_states[-2], expected.hidden_states[-2])  # what IP-Adapter Plus reads
-    half = CLIPVisionModelWithProjection.from_pretrained(
-        vision_root, subfolder="image_encoder", torch_dtype=torch.float16
-    )
+    half = CLIPVisionModelLoader.from_pretrained(vision_root, subfolder="image_encoder", torch_dtype=torch.float16)
     assert half.dtype == torch.float16
 
 
@@ -138,10 +145,10 @@ def test_plugin_registrations(model_root):
 
     framework = Framework(plugins=[plugin])
     expected = {
-        ("transformers", "CLIPTextModel"): ("text_encoder", CLIPTextModel),
-        ("transformers", "CLIPTokenizer"): ("tokenizer", CLIPTokenizer),
-        ("transformers", "CLIPTokenizerFast"): ("tokenizer", CLIPTokenizer),
-        ("transformers", "CLIPVisionModelWithProjection"): ("image_encoder", CLIPVisionModelWithProjection),
+        ("transformers", "CLIPTextModel"): ("text_encoder", CLIPTextModelLoader),
+        ("transformers", "CLIPTokenizer"): ("tokenizer", CLIPTokenizerLoader),
+        ("transformers", "CLIPTokenizerFast"): ("tokenizer", CLIPTokenizerLoader),
+        ("transformers", "CLIPVisionModelWithProjection"): ("image_encoder", CLIPVisionModelLoader),
         ("transformers", "CLIPImageProcessor"): ("feature_extractor", CLIPImageProcessor),
     }
     for layout, (role, cls) in expected.items():
@@ -149,8 +156,8 @@ def test_plugin_registrations(model_root):
         assert registration is not None, layout
         assert registration.spec.role == role
         assert framework.load_factory(registration) is cls
-    tokenizer = CLIPTokenizer.from_pretrained(model_root, subfolder="tokenizer")
-    encoder = CLIPTextModel.from_pretrained(model_root, subfolder="text_encoder")
+    tokenizer = CLIPTokenizerLoader.from_pretrained(model_root, subfolder="tokenizer")
+    encoder = CLIPTextModelLoader.from_pretrained(model_root, subfolder="text_encoder")
     conditioner = framework.create("conditioner", "clip-text", tokenizer=tokenizer, text_encoder=encoder)
     assert isinstance(conditioner, CLIPTextConditioner)
     assert conditioner.encode("a cat").shape == (1, 77, 32)
