@@ -52,7 +52,7 @@ class DEISScheduler(MultistepScheduler):
         dynamic_thresholding_ratio: float = 0.995,
         sample_max_value: float = 1.0,
         # DPM-Solver's algorithm and the other solvers' types (from their configs) mean log-ρ DEIS here.
-        algorithm_type: Literal["deis", "dpmsolver", "dpmsolver++"] = "deis",
+        algorithm_type: Literal["deis", "dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"] = "deis",
         solver_type: Literal["logrho", "midpoint", "heun", "bh1", "bh2"] = "logrho",
         lower_order_final: bool = True,
         use_karras_sigmas: bool = False,
