@@ -477,6 +477,7 @@ class StableDiffusionBase(DiffusionPipeline):
         seed: Any,
         seeds: Sequence[int] | None,
         generator: Any,
+        latents_given: bool = False,
     ) -> tuple[list[int | None], list[torch.Generator] | torch.Generator | None]:
         """Per-image seeds, or the caller's generator(s)."""
         if generator is not None:
@@ -489,12 +490,16 @@ class StableDiffusionBase(DiffusionPipeline):
                     )
                 return [None] * total, list(generator)
             return [None] * total, generator
+        if latents_given and seed is None and seeds is None:
+            return [None] * total, None  # the caller's latents are the noise: no seed reproduces them
         planned = plan_seeds(total, seed, seeds)
         return list(planned), None
 
     @staticmethod
     def _generators(chunk_seeds: list[int | None], given: Any, start: int, stop: int) -> Any:
         if given is None:
+            if any(s is None for s in chunk_seeds):
+                return None
             return [torch.Generator(device="cpu").manual_seed(int(s)) for s in chunk_seeds]
         if isinstance(given, list):
             return given[start:stop]
@@ -625,7 +630,7 @@ class StableDiffusionBase(DiffusionPipeline):
         inputs: dict[str, Any] | None = None,
     ) -> StableDiffusionOutput:
         total = count * num_images_per_prompt
-        image_seeds, generators = self._plan_noise(total, seed, seeds, generator)
+        image_seeds, generators = self._plan_noise(total, seed, seeds, generator, latents is not None)
         jobs = plan_jobs(count, num_images_per_prompt, image_seeds)
         if latents is not None and (latents.ndim != 4 or latents.shape[0] != total):
             raise ValueError(f"latents must be ({total}, C, h, w): one per image; got {tuple(latents.shape)}")

@@ -24,15 +24,19 @@ PNG_KEY = "parameters"
 SAMPLER_LABELS: dict[str, str] = {
     "ddim": "DDIM",
     "ddpm": "DDPM",
-    "pndm": "PLMS",
+    "pndm": "PNDM",
     "plms": "PLMS",
     "lms": "LMS",
     "lms_karras": "LMS Karras",
     "euler": "Euler",
+    "euler_karras": "Euler Karras",
     "euler_a": "Euler a",
     "heun": "Heun",
+    "heun_karras": "Heun Karras",
     "dpm2": "DPM2",
+    "dpm2_karras": "DPM2 Karras",
     "dpm2_a": "DPM2 a",
+    "dpm2_a_karras": "DPM2 a Karras",
     "dpmpp": "DPM++ 2M",
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_karras": "DPM++ 2M Karras",
@@ -40,10 +44,14 @@ SAMPLER_LABELS: dict[str, str] = {
     "dpmpp_sde_karras": "DPM++ SDE Karras",
     "dpmpp_2m_sde": "DPM++ 2M SDE",
     "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
+    "dpmpp_3m_sde": "DPM++ 3M SDE",
+    "dpmpp_3m_sde_karras": "DPM++ 3M SDE Karras",
     "unipc": "UniPC",
+    "unipc_karras": "UniPC Karras",
+    "deis": "DEIS",
     "lcm": "LCM",
 }
-_PREFERRED = {"PLMS": "pndm", "DPM++ 2M": "dpmpp"}
+_PREFERRED = {"DPM++ 2M": "dpmpp"}
 LABEL_TO_SCHEDULER: dict[str, str] = {
     label.lower(): _PREFERRED.get(label, name) for name, label in reversed(SAMPLER_LABELS.items())
 }

@@ -92,8 +92,8 @@ def write_reference_model(
     jitter: bool = True,
 ) -> Path:
     """A model folder saved by diffusers' StableDiffusionPipeline (PNDM scheduler, as SD 1.5 ships)."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from difframe_clip import write_tokenizer_folder
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -141,6 +141,24 @@ def build(framework, model: Path, pipeline: str = "stable-diffusion", **options)
     return pipe
 
 
+_OURS: dict = {}
+_THEIRS: dict = {}
+
+
+def cached(framework, model: Path, pipeline: str = "stable-diffusion", scheduler: str = "dpmpp"):
+    """One loaded pipeline per (model, pipeline) for the session; the sampler is rebuilt from the model's own
+    scheduler config on every call (pipe.set_scheduler would carry the previous sampler's options over)."""
+    key = (str(model), pipeline)
+    if key not in _OURS:
+        pipe = build(framework, model, pipeline)
+        _OURS[key] = (pipe, dict(pipe.scheduler.config))
+    pipe, config = _OURS[key]
+    pipe.scheduler = framework.scheduler(scheduler, config)
+    pipe.set_memory_budget(None)
+    pipe.timings = None
+    return pipe
+
+
 REFERENCE_SCHEDULERS = {
     "ddim": "DDIMScheduler",
     "euler": "EulerDiscreteScheduler",
@@ -153,17 +171,21 @@ REFERENCE_SCHEDULERS = {
 
 
 def reference_pipeline(model: Path, kind: str = "text", scheduler: str = "dpmpp"):
+    """The reference library's pipeline over the same folder (cached per folder and kind)."""
     import diffusers
 
-    cls = {
-        "text": diffusers.StableDiffusionPipeline,
-        "img2img": diffusers.StableDiffusionImg2ImgPipeline,
-        "inpaint": diffusers.StableDiffusionInpaintPipeline,
-    }[kind]
-    pipe = cls.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
-    scheduler_class = getattr(diffusers, REFERENCE_SCHEDULERS[scheduler])
-    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
+    key = (str(model), kind)
+    if key not in _THEIRS:
+        cls = {
+            "text": diffusers.StableDiffusionPipeline,
+            "img2img": diffusers.StableDiffusionImg2ImgPipeline,
+            "inpaint": diffusers.StableDiffusionInpaintPipeline,
+        }[kind]
+        pipe = cls.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        _THEIRS[key] = (pipe, pipe.scheduler.config)
+    pipe, config = _THEIRS[key]
+    pipe.scheduler = getattr(diffusers, REFERENCE_SCHEDULERS[scheduler]).from_config(config)
     return pipe
 
 
@@ -194,6 +216,7 @@ def make_mask(size: int = 32):
 
 class Helpers:
     build = staticmethod(build)
+    cached = staticmethod(cached)
     reference_pipeline = staticmethod(reference_pipeline)
     generators = staticmethod(generators)
     make_image = staticmethod(make_image)
