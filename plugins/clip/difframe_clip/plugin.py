@@ -37,7 +37,12 @@ def register_model(register) -> None:
         name="clip-image-processor",
         factory="difframe_clip.models:CLIPImageProcessor",
         role="feature_extractor",
-        loads=[("transformers", "CLIPImageProcessor")],
+        loads=[
+            ("transformers", "CLIPImageProcessor"),
+            ("transformers", "CLIPImageProcessorPil"),  # what the reference saves where torchvision is missing
+            ("transformers", "CLIPImageProcessorFast"),
+            ("transformers", "CLIPFeatureExtractor"),  # the old name, in early SD model_index.json files
+        ],
         requires=REQUIRES,
         description="CLIP image preprocessing (resize, crop, normalize), a model's feature_extractor/",
     )

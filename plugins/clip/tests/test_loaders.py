@@ -150,6 +150,8 @@ def test_plugin_registrations(model_root):
         ("transformers", "CLIPTokenizerFast"): ("tokenizer", CLIPTokenizerLoader),
         ("transformers", "CLIPVisionModelWithProjection"): ("image_encoder", CLIPVisionModelLoader),
         ("transformers", "CLIPImageProcessor"): ("feature_extractor", CLIPImageProcessor),
+        ("transformers", "CLIPImageProcessorPil"): ("feature_extractor", CLIPImageProcessor),
+        ("transformers", "CLIPFeatureExtractor"): ("feature_extractor", CLIPImageProcessor),
     }
     for layout, (role, cls) in expected.items():
         registration = framework.registry.for_layout(*layout)
