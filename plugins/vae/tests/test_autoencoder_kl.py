@@ -278,3 +278,25 @@ def test_attention_by_registered_name(vae, name, options):
     if expected_backend is not None:
         assert isinstance(vae.decoder.mid_block.attentions[0].backend, expected_backend)
         assert isinstance(vae.encoder.mid_block.attentions[0].backend, expected_backend)
+
+
+@torch.no_grad()
+def test_diagonal_gaussian_matches_reference_distribution():
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    parameters = torch.randn(2, 8, 4, 4) * 3  # log-variances beyond the clamp range too
+    parameters[0, 4:] = 40.0
+    ours, theirs = DiagonalGaussian(parameters), DiagonalGaussianDistribution(parameters)
+    other_parameters = torch.randn(2, 8, 4, 4)
+    other, their_other = DiagonalGaussian(other_parameters), DiagonalGaussianDistribution(other_parameters)
+    assert torch.equal(ours.std, theirs.std) and torch.equal(ours.logvar, theirs.logvar)
+    assert torch.allclose(ours.kl(), theirs.kl())
+    assert torch.allclose(ours.kl(other), theirs.kl(their_other))
+    sample = torch.randn(2, 4, 4, 4)
+    assert torch.allclose(ours.nll(sample), theirs.nll(sample))
+    # one generator per image: each image's noise depends on its own generator only
+    pair = ours.sample([torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    alone = DiagonalGaussian(parameters[1:]).sample(torch.Generator().manual_seed(2))
+    assert torch.equal(pair[1:], alone)
+    with pytest.raises(ValueError, match="1 generators for a batch of 2"):
+        ours.sample([torch.Generator()])
