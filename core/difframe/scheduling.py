@@ -315,7 +315,7 @@ class AlphaScheduler(SchedulerMixin):
     alphas_cumprod: torch.Tensor
     final_alpha_cumprod: torch.Tensor
 
-    def _init_alphas(self, *, set_alpha_to_one: bool = True) -> None:
+    def _init_alphas(self, *, set_alpha_to_one: bool = True, finite_sigmas: bool = False) -> None:
         c = self.config
         self.alphas_cumprod = make_alphas_cumprod(
             c.num_train_timesteps,
@@ -324,6 +324,7 @@ class AlphaScheduler(SchedulerMixin):
             c.beta_schedule,
             c.trained_betas,
             c.get("rescale_betas_zero_snr", False),
+            finite_sigmas=finite_sigmas,
         )
         # ᾱ "before" timestep 0: 1 (a clean image) or ᾱ_0 (stop one step short of clean).
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]

@@ -29,7 +29,8 @@ class PNDMScheduler(AlphaScheduler):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        self._init_alphas(set_alpha_to_one=set_alpha_to_one)
+        # PNDM divides by ᾱ_t: with a zero-SNR schedule keep ᾱ_T just above 0, as the σ-based samplers do.
+        self._init_alphas(set_alpha_to_one=set_alpha_to_one, finite_sigmas=True)
         self.prk_timesteps = np.array([], dtype=np.int64)
         self.ets: list[torch.Tensor] = []
         self.counter = 0
