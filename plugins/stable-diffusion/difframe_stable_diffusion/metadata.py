@@ -67,8 +67,9 @@ def sampler_label(scheduler_name: str | None) -> str:
 def scheduler_from_label(label: str, schedule_type: str | None = None) -> str:
     """The difframe scheduler name for a web-UI sampler label (the inverse of sampler_label)."""
     text = label.strip()
-    if schedule_type and schedule_type.strip().lower() not in ("automatic", "uniform", "") and " " not in text[-7:]:
-        text = f"{text} {schedule_type.strip()}"
+    kind = (schedule_type or "").strip()
+    if kind.lower() not in ("automatic", "uniform", "") and not text.lower().endswith(kind.lower()):
+        text = f"{text} {kind}"
     return LABEL_TO_SCHEDULER.get(text.lower(), text)
 
 
