@@ -1,0 +1,156 @@
+"""Measure the built-in model: generate fixed prompts with fixed seeds and score every image automatically.
+
+    python -m difframe_shapes_model.evaluate                       # the shipped model, the standard grid
+    python -m difframe_shapes_model.evaluate --model runs/x/model --prompts 240 --json out.json
+
+The scorer is checked first on drawn ground-truth images (it must read at least 98% of them right).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .data import all_captions, make_dataset
+from .score import score
+
+DEFAULT_SETTINGS = [
+    # (sampler, steps, guidance)
+    ("dpmpp", 20, 1.0),
+    ("dpmpp", 20, 3.0),
+    ("dpmpp", 20, 7.5),
+    ("dpmpp", 10, 7.5),
+    ("euler_a", 20, 7.5),
+    ("ddim", 20, 7.5),
+]
+
+
+def prompts_and_seeds(count: int) -> tuple[list[str], list[int]]:
+    """Every caption in turn (90 of them), seed i for the i-th image: the same list on every run."""
+    captions = all_captions()
+    return [captions[i % len(captions)] for i in range(count)], list(range(count))
+
+
+def check_scorer(count: int = 500, seed: int = 12345) -> float:
+    """The fraction of drawn ground-truth images the scorer reads right on all three counts."""
+    images, scenes = make_dataset(count, seed)
+    right = [all(score(image, scene.caption).values()) for image, scene in zip(images, scenes)]
+    return sum(right) / len(right)
+
+
+def generate(pipe: Any, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int) -> list:
+    images = []
+    for start in range(0, len(prompts), batch):
+        out = pipe(
+            prompts[start : start + batch],
+            seeds=seeds[start : start + batch],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            output_type="np",
+        )
+        images += [(np.clip(image, 0, 1) * 255).round().astype(np.uint8) for image in out.images]
+    return images
+
+
+def evaluate(pipe: Any, settings: list[tuple[str, int, float]], count: int, batch: int = 30) -> list[dict]:
+    prompts, seeds = prompts_and_seeds(count)
+    rows = []
+    for sampler, steps, guidance in settings:
+        pipe.set_scheduler(sampler)
+        started = time.perf_counter()
+        images = generate(pipe, prompts, seeds, steps, guidance, batch)
+        seconds = time.perf_counter() - started
+        scores = [score(image, prompt) for image, prompt in zip(images, prompts)]
+        rows.append(
+            {
+                "sampler": sampler,
+                "steps": steps,
+                "guidance": guidance,
+                "images": len(images),
+                **{key: round(100 * sum(s[key] for s in scores) / len(scores), 1) for key in scores[0]},
+                "seconds_per_image_batched": round(seconds / len(images), 4),
+            }
+        )
+    return rows
+
+
+def time_single_image(pipe: Any, repeat: int = 7) -> float:
+    """Median wall time of one 64x64 image, 20 DPM++ steps, guidance 7.5, batch of one."""
+    pipe.set_scheduler("dpmpp")
+    times = []
+    for seed in range(repeat):
+        started = time.perf_counter()
+        pipe("a red circle on a blue background", seed=seed, num_inference_steps=20, guidance_scale=7.5)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def grid(pipe: Any, path: Path, guidances: tuple[float, ...] = (1.0, 3.0, 7.5), columns: int = 8) -> Path:
+    """Rows: guidance scales; columns: the same prompts and seeds."""
+    captions = all_captions()
+    prompts = [captions[i * len(captions) // columns] for i in range(columns)]
+    pipe.set_scheduler("dpmpp")
+    rows = [generate(pipe, prompts, list(range(columns)), 20, g, columns) for g in guidances]
+    height, width = rows[0][0].shape[:2]
+    sheet = Image.new("RGB", (columns * (width + 2), len(rows) * (height + 2)), "black")
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            sheet.paste(Image.fromarray(image), (c * (width + 2), r * (height + 2)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.resize((sheet.width * 2, sheet.height * 2), Image.Resampling.NEAREST).save(path)
+    (path.with_suffix(".txt")).write_text(
+        "rows: guidance "
+        + ", ".join(map(str, guidances))
+        + "; columns (seed = column index):\n"
+        + "\n".join(prompts)
+        + "\n"
+    )
+    return path
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| sampler | steps | guidance | images | background right | shape colour right | both colours right "
+        "| shape kind right | s/image (batched) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['sampler']} | {r['steps']} | {r['guidance']} | {r['images']} | {r['background']}% | {r['colour']}% "
+            f"| {r['both_colours']}% | {r['shape']}% | {r['seconds_per_image_batched']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from difframe import Framework
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument("--prompts", type=int, default=240, help="images per setting (at least 200 for the report)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--grid", type=Path, default=None, help="write an image grid (PNG) here")
+    args = parser.parse_args(argv)
+    accuracy = check_scorer()
+    print(f"scorer on 500 drawn ground-truth images: {100 * accuracy:.1f}% read right")
+    if accuracy < 0.98:
+        raise SystemExit("the scorer reads fewer than 98% of ground-truth images right: its figures mean nothing")
+    pipe = Framework().build("stable-diffusion", model=args.model, progress=False)
+    rows = evaluate(pipe, DEFAULT_SETTINGS, args.prompts)
+    print(markdown(rows))
+    print(f"\none image, 20 DPM++ steps, guidance 7.5: {time_single_image(pipe):.3f} s (median of 7)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.grid:
+        print(f"grid: {grid(pipe, args.grid)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The drawn data set and the automatic scorer the model is measured with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from difframe_shapes_model.data import PALETTE, SHAPES, all_captions, draw, make_dataset, random_scene
+from difframe_shapes_model.evaluate import check_scorer, prompts_and_seeds
+from difframe_shapes_model.score import parse_prompt, read, score
+from PIL import Image, ImageFilter
+
+
+def test_dataset_is_reproducible_from_its_seed():
+    a, scenes_a = make_dataset(20, seed=3)
+    b, scenes_b = make_dataset(20, seed=3)
+    assert np.array_equal(a, b) and scenes_a == scenes_b
+    assert a.shape == (20, 64, 64, 3) and a.dtype == np.uint8
+    assert not np.array_equal(a, make_dataset(20, seed=4)[0])
+
+
+def test_scenes_follow_the_rules():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        scene = random_scene(rng)
+        assert scene.colour != scene.background and scene.shape in SHAPES
+        left, top, right, bottom = scene.box
+        assert 0 < left < right < 64 and 0 < top < bottom < 64 and right - left == bottom - top
+
+
+def test_captions():
+    captions = all_captions()
+    assert len(captions) == len(set(captions)) == 6 * 5 * 3
+    assert "a red circle on a blue background" in captions
+    assert parse_prompt("a red circle on a blue background") == ("red", "circle", "blue")
+
+
+def test_scorer_reads_ground_truth():
+    assert check_scorer(count=500) >= 0.98
+
+
+def test_scorer_survives_blur_and_noise():
+    images, scenes = make_dataset(200, seed=9)
+    rng = np.random.default_rng(0)
+    right = 0
+    for image, scene in zip(images, scenes):
+        blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(1.2)), dtype=np.float32)
+        noisy = np.clip(blurred + rng.normal(0, 8, blurred.shape), 0, 255).astype(np.uint8)
+        right += all(score(noisy, scene.caption).values())
+    assert right / len(images) >= 0.95
+
+
+def test_scorer_on_a_plain_image_finds_no_shape():
+    plain = Image.new("RGB", (64, 64), PALETTE["green"])
+    reading = read(plain)
+    assert (reading.background, reading.colour, reading.shape) == ("green", None, None)
+    assert score(plain, "a red circle on a green background") == {
+        "background": True,
+        "colour": False,
+        "shape": False,
+        "both_colours": False,
+    }
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_each_shape_kind_is_told_apart(shape):
+    from difframe_shapes_model.data import Scene
+
+    image = draw(Scene("yellow", shape, "purple", (10, 12, 50, 52)))
+    assert read(image).shape == shape
+
+
+def test_evaluation_prompts_are_fixed():
+    prompts, seeds = prompts_and_seeds(240)
+    assert len(prompts) == 240 and seeds == list(range(240))
+    assert set(prompts) == set(all_captions())
+    assert prompts_and_seeds(240) == (prompts, seeds)

@@ -1,0 +1,83 @@
+"""The training script, on tiny networks: the loss falls, a run resumes from its checkpoint, the export loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from difframe_shapes_model.train import Recipe, Trainer
+
+TINY = {"tiny": True, "images": 256, "vae_batch": 8, "unet_batch": 8, "log_every": 5, "warmup_steps": 5}
+
+
+def _losses(folder, stage):
+    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r.get("stage") == stage and "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    recipe = Recipe(**TINY, vae_steps=40, unet_steps=40, lr=2e-3, vae_lr=3e-3)
+    Trainer(out, recipe, progress=False).run()
+    return out
+
+
+def test_losses_fall(trained):
+    vae, unet = _losses(trained, "vae"), _losses(trained, "unet")
+    assert len(vae) == len(unet) == 8
+    assert sum(vae[-2:]) / 2 < 0.85 * sum(vae[:2]) / 2
+    assert sum(unet[-2:]) / 2 < sum(unet[:2]) / 2
+
+
+def test_export_is_a_pipeline_folder_in_fp16(trained):
+    from safetensors import safe_open
+
+    model = trained / "model"
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    with safe_open(model / "unet" / "diffusion_pytorch_model.safetensors", "pt") as weights:
+        assert all(weights.get_slice(k).get_dtype() == "F16" for k in weights.keys())
+    vae_config = json.loads((model / "vae" / "config.json").read_text())
+    assert vae_config["scaling_factor"] != 0.18215  # measured on the latents, not Stable Diffusion's value
+    from difframe import Framework
+
+    pipe = Framework().build("stable-diffusion", model=model, progress=False)
+    image = pipe("a red circle on a blue background", seed=1, num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (64, 64, 3) and float(image.min()) >= 0 and float(image.max()) <= 1
+
+
+def test_resume_continues_exactly(tmp_path):
+    recipe = Recipe(**TINY, vae_steps=6, unet_steps=6, checkpoint_minutes=0)  # checkpoint after every step
+    whole = Trainer(tmp_path / "whole", recipe, progress=False)
+    whole.run()
+    part = Trainer(
+        tmp_path / "part", Recipe(**{**TINY, "vae_steps": 6, "unet_steps": 3, "checkpoint_minutes": 0}), progress=False
+    )
+    part.run()
+    # the same run, told to go on to 6 UNet steps: it must end where the uninterrupted run ended
+    state = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    state["recipe"] = {**state["recipe"], "unet_steps": 6}
+    state["stage"] = "unet"
+    torch.save(state, tmp_path / "part" / "checkpoint.pt")
+    resumed = Trainer(tmp_path / "part", recipe, progress=False)
+    assert (resumed.stage, resumed.step) == ("unet", 3)
+    resumed.run()
+    for a, b in zip(whole.unet.state_dict().values(), resumed.unet.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_checkpoint_of_another_recipe_is_refused(tmp_path):
+    Trainer(tmp_path, Recipe(**TINY, vae_steps=2, unet_steps=2), progress=False).run()
+    with pytest.raises(ValueError, match="written with another recipe"):
+        Trainer(tmp_path, Recipe(**TINY, vae_steps=3, unet_steps=2), progress=False)
+
+
+def test_checkpointing_and_bf16_paths_run(tmp_path):
+    recipe = Recipe(**TINY, vae_steps=2, unet_steps=2, gradient_checkpointing=True, mixed_precision="bf16")
+    trainer = Trainer(tmp_path, recipe, progress=False)
+    assert trainer.unet.is_gradient_checkpointing and trainer.vae.is_gradient_checkpointing
+    trainer.run()
+    assert len(_losses(tmp_path, "unet")) == 1
