@@ -1,0 +1,1 @@
+"""difframe-plugin-lcm: LCM and TCD samplers for difframe (the classes live in .lcm and .tcd)."""

@@ -1,0 +1,86 @@
+"""TCD (Zheng et al. 2024): a consistency-model step to an intermediate timestep s = (1 - eta)·t_next, then
+DDPM-style noise back up to t_next. eta = 0 is deterministic; eta = 1 is LCM-like."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from difframe.scheduling import (
+    BetaSchedule,
+    PredictionType,
+    SchedulerOutput,
+    TimestepSpacing,
+    randn_like,
+    x0_from_alpha,
+)
+
+from .lcm import ConsistencyScheduler
+
+
+class TCDScheduler(ConsistencyScheduler):
+    layout_name = ("diffusers", "TCDScheduler")
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: BetaSchedule = "scaled_linear",
+        trained_betas: list[float] | None = None,
+        original_inference_steps: int = 50,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: PredictionType = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        timestep_spacing: TimestepSpacing = "leading",
+        timestep_scaling: float = 10.0,
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        self._init_alphas(set_alpha_to_one=set_alpha_to_one)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: Any = None,
+        *,
+        original_inference_steps: int | None = None,
+        timesteps: Sequence[int] | None = None,
+        strength: float = 1.0,
+    ) -> None:
+        if original_inference_steps is None:
+            origin = self._origin_timesteps(self.config.original_inference_steps, strength)
+        else:  # an explicit original_inference_steps picks from every training timestep (the reference's rule)
+            origin = np.arange(0, int(self.config.num_train_timesteps * strength))
+        self._choose(num_inference_steps, timesteps, origin, strength, device)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        eta: float = 0.3,
+    ) -> SchedulerOutput:
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        i = self._ensure_step_index(timestep)
+        prev_t = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else torch.tensor(0)
+        s = torch.floor((1 - eta) * prev_t).to(dtype=torch.long)
+        a_t, a_prev, a_s = self.alphas_cumprod[timestep], self.alpha_prod_at(prev_t), self.alphas_cumprod[s]
+        x0, eps = x0_from_alpha(self.config.prediction_type, model_output, sample, a_t)
+        noised = a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps  # the consistency estimate at timestep s
+        if eta > 0 and i != self.num_inference_steps - 1:
+            noise = randn_like(model_output, generator, noised.dtype)
+            prev = (a_prev / a_s).sqrt() * noised + (1 - a_prev / a_s).sqrt() * noise
+        else:
+            prev = noised
+        self._step_index = i + 1
+        return SchedulerOutput(prev, noised)
