@@ -251,23 +251,22 @@ def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> t
     return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(dtype)
 
 
-def randn_like(
-    sample: torch.Tensor,
-    generator: torch.Generator | list[torch.Generator] | None,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
+def randn_like(sample: torch.Tensor, generator: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Gaussian noise shaped like ``sample``, drawn on the generator's device so a seed gives the same noise
-    whatever device the sample is on. With a list of generators (one per sample), sample i's noise comes from
-    generator i alone, so an image does not depend on the batch it is in."""
+    whatever device the sample is on. ``generator`` may be a list with one generator per batch item: item i's
+    noise then comes from generator i alone (so an image does not depend on its position in the batch)."""
     dtype = dtype or sample.dtype
     if isinstance(generator, (list, tuple)):
-        if len(generator) != sample.shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {sample.shape[0]}")
-        parts = [torch.randn((1, *sample.shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
-        return torch.cat(parts).to(sample.device)
+        if len(generator) == 1:
+            generator = generator[0]
+        else:
+            if len(generator) != sample.shape[0]:
+                raise ValueError(f"got {len(generator)} generators for a batch of {sample.shape[0]}")
+            shape = (1, *sample.shape[1:])
+            parts = [torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generator]
+            return torch.cat(parts).to(sample.device)
     device = generator.device if generator is not None else sample.device
-    noise = torch.randn(sample.shape, generator=generator, device=device, dtype=dtype)
-    return noise.to(sample.device)
+    return torch.randn(sample.shape, generator=generator, device=device, dtype=dtype).to(sample.device)
 
 
 def broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -108,7 +108,8 @@ class DPMSolverSDEScheduler(SigmaScheduler):
         if self.noise_sampler is None:
             seed = self.config.noise_sampler_seed
             if seed is None:
-                seed = int(torch.randint(0, 2**63 - 1, [], generator=generator).item())
+                first = generator[0] if isinstance(generator, (list, tuple)) else generator
+                seed = int(torch.randint(0, 2**63 - 1, [], generator=first).item())
             positive = self.sigmas[self.sigmas > 0]
             self.noise_sampler = BrownianTreeNoise(sample, positive.min().item(), self.sigmas.max().item(), seed)
         first = self._first_sample is None

@@ -351,3 +351,19 @@ def test_image_to_image_start_in_the_middle(fw: Framework, name: str) -> None:
             x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x, **kwargs).prev_sample
         results.append(x)
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["euler_a", "ddpm", "dpmpp_2m_sde", "dpm2_a"])
+def test_one_generator_per_image_matches_reference(fw: Framework, name: str) -> None:
+    """Pipelines pass a list of generators, one per image in the batch."""
+    ours = fw.scheduler(name, SD15)
+    theirs = getattr(diffusers, type(ours).layout_name[1]).from_config(dict(ours.config))
+    results = []
+    for scheduler in (ours, theirs):
+        scheduler.set_timesteps(6)
+        generators = [torch.Generator().manual_seed(s) for s in (3, 4)]
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x, generator=generators).prev_sample
+        results.append(x)
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-6)
