@@ -54,6 +54,14 @@ def add_generate_command(cli: Any) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (ValueError, TypeError, OSError) as error:  # bad input: a message, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from .metadata import GenerationParameters, read_parameters
 
     params = read_parameters(args.from_png) if args.from_png else None

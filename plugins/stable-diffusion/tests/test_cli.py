@@ -1,0 +1,58 @@
+"""`difframe generate`: images with embedded parameters, and `--from-png` making the same image again."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+
+def run(*argv: str) -> int:
+    from difframe.cli import main
+
+    return main(list(argv))
+
+
+def test_generate_then_reproduce_from_png(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    common = ("--steps", "2", "--size", "32", "--no-progress", "--attention", "sdpa")
+    first = ("generate", "a red fox", "-m", str(tiny_model), "-s", "euler_a", "--seed", "3", "-b", "2")
+    assert run(*first, "-n", "blurry", "-g", "6", "-o", str(out), *common) == 0
+    paths = sorted(out.glob("*.png"))
+    assert [p.name for p in paths] == ["00000-3.png", "00001-4.png"]
+    text = Image.open(paths[1]).text["parameters"]
+    assert text.startswith("a red fox\nNegative prompt: blurry\nSteps: 2, Sampler: Euler a, CFG scale: 6.0, Seed: 4")
+    again = tmp_path / "again"
+    assert run("generate", "--from-png", str(paths[1]), "-m", str(tiny_model), "-o", str(again), "--no-progress") == 0
+    [copy] = again.glob("*.png")
+    # made alone rather than second in a batch of two: float rounding may move a pixel by one level
+    difference = np.abs(np.asarray(Image.open(copy), dtype=int) - np.asarray(Image.open(paths[1]), dtype=int))
+    assert difference.max() <= 1
+    assert Image.open(copy).text["parameters"] == text
+    assert str(copy) in capsys.readouterr().out
+
+
+def test_generate_errors(tiny_model, tmp_path, capsys):
+    assert run("generate") == 2
+    assert "give a prompt" in capsys.readouterr().err
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    assert run("generate", "--from-png", str(plain)) == 2
+    assert "no 'parameters' text chunk" in capsys.readouterr().err
+    assert run("generate", "a cat", "-m", str(tiny_model), "--size", "30", "--steps", "1", "-o", str(tmp_path)) == 2
+    assert "multiples of" in capsys.readouterr().err
+
+
+def test_command_is_listed_without_importing_torch():
+    code = (
+        "import sys\n"
+        "from difframe.cli import build_parser, _add_plugin_commands\n"
+        "parser = build_parser()\n"
+        "_add_plugin_commands(parser)\n"
+        "assert 'generate' in parser.format_help()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
