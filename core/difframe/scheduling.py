@@ -123,7 +123,13 @@ def spaced_timesteps(
     if spacing == "leading":
         n = steps + 1 if multistep else steps
         timesteps = (np.arange(0, n) * (top // n)).round()[::-1].astype(np.float64)
-        return (timesteps[:-1] if multistep else timesteps) + steps_offset
+        timesteps = (timesteps[:-1] if multistep else timesteps) + steps_offset
+        if len(timesteps) and timesteps[0] > T - 1:
+            raise ValueError(
+                f"steps_offset={steps_offset} with {steps} 'leading' steps puts the first timestep at "
+                f"{int(timesteps[0])}, past the last training timestep {T - 1}; use fewer steps or 'trailing' spacing"
+            )
+        return timesteps
     if spacing == "trailing":
         return np.round(np.arange(top, 0, -T / steps)) - 1
     raise ValueError(f"unknown timestep_spacing {spacing!r}; use leading, trailing or linspace")

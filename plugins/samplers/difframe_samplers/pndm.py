@@ -6,7 +6,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from difframe.scheduling import AlphaScheduler, BetaSchedule, SchedulerOutput, TimestepSpacing, check_steps
+from difframe.scheduling import (
+    AlphaScheduler,
+    BetaSchedule,
+    SchedulerOutput,
+    TimestepSpacing,
+    check_steps,
+    spaced_timesteps,
+)
 
 
 class PNDMScheduler(AlphaScheduler):
@@ -41,12 +48,7 @@ class PNDMScheduler(AlphaScheduler):
         n, T = num_inference_steps, c.num_train_timesteps
         if n < 4 and not c.skip_prk_steps:
             raise ValueError(f"PNDM's Runge-Kutta warm-up needs at least 4 steps (got {n}); set skip_prk_steps=True")
-        if c.timestep_spacing == "linspace":
-            ts = np.linspace(0, T - 1, n).round().astype(np.int64)
-        elif c.timestep_spacing == "leading":
-            ts = (np.arange(0, n) * (T // n)).round().astype(np.int64) + c.steps_offset
-        else:
-            ts = np.round(np.arange(T, 0, -T / n))[::-1].astype(np.int64) - 1
+        ts = spaced_timesteps(c.timestep_spacing, T, n, c.steps_offset).round()[::-1].astype(np.int64)  # ascending
         if c.skip_prk_steps:
             # PLMS needs one extra model call at the start: the second-to-last ascending timestep is visited twice.
             self.prk_timesteps = np.array([], dtype=np.int64)

@@ -280,6 +280,8 @@ def test_bad_config_values_name_the_field(fw: Framework) -> None:
         fw.scheduler("euler", use_karras_sigmas=True, use_exponential_sigmas=True)
     with pytest.raises(ValueError, match="Runge-Kutta warm-up needs at least 4 steps"):
         fw.scheduler("pndm").set_timesteps(2)
+    with pytest.raises(ValueError, match="past the last training timestep 999"):
+        fw.scheduler("ddim", steps_offset=1).set_timesteps(1000)
     with pytest.raises(ValueError, match="cannot be combined"):
         fw.scheduler("euler_karras").set_timesteps(timesteps=[900, 100])
 
