@@ -369,3 +369,17 @@ def test_one_generator_per_image_matches_reference(fw: Framework, name: str) -> 
             x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x, generator=generators).prev_sample
         results.append(x)
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-6)
+
+
+def test_pipeline_set_scheduler_keeps_the_noise_schedule(fw: Framework) -> None:
+    from difframe.testing import make_toy_pipeline
+
+    pipe = make_toy_pipeline()
+    pipe.framework = fw
+    toy_config = dict(pipe.scheduler.config)
+    for label in ("euler_a", "DPM++ 2M Karras", "unipc", "ddim"):
+        scheduler = pipe.set_scheduler(label)
+        assert scheduler is pipe.scheduler and scheduler.config.beta_schedule == toy_config["beta_schedule"]
+        assert scheduler.config.num_train_timesteps == toy_config["num_train_timesteps"]
+    assert pipe.scheduler.config.use_karras_sigmas is True  # carried along from "DPM++ 2M Karras", as configs are
+    assert torch.isfinite(pipe(steps=3)).all()
