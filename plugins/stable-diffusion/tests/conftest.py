@@ -90,6 +90,7 @@ def write_reference_model(
     in_channels: int = 4,
     seed: int = 0,
     jitter: bool = True,
+    keep: list | None = None,
 ) -> Path:
     """A model folder saved by diffusers' StableDiffusionPipeline (PNDM scheduler, as SD 1.5 ships)."""
     from difframe_clip import write_tokenizer_folder
@@ -115,6 +116,8 @@ def write_reference_model(
         requires_safety_checker=False,
     )
     reference.save_pretrained(folder)
+    if keep is not None:  # the caller wants the reference pipeline itself (saves loading it again)
+        keep.append(reference)
     return folder
 
 
@@ -222,6 +225,7 @@ class Helpers:
     make_image = staticmethod(make_image)
     make_mask = staticmethod(make_mask)
     write_reference_model = staticmethod(write_reference_model)
+    UNET_SD15, VAE_SD15, TEXT_SD15 = UNET_SD15, VAE_SD15, TEXT_SD15
 
 
 @pytest.fixture(scope="session")
