@@ -404,6 +404,11 @@ class SigmaScheduler(SchedulerMixin):
             c.get("rescale_betas_zero_snr", False),
             finite_sigmas=True,
         )
+        # Read now, while the config holds only this class's own parameters: keys kept from another sampler's config
+        # are added after __init__ and must not change how this sampler works.
+        self._karras, self._exponential = bool(c.get("use_karras_sigmas")), bool(c.get("use_exponential_sigmas"))
+        self._sigma_bounds = (c.get("sigma_min"), c.get("sigma_max"))
+        self._final_sigmas_type = c.get("final_sigmas_type", "zero")
         self.num_inference_steps = None
         train_sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod)).flip(0)
         self.sigmas = torch.cat([train_sigmas, torch.zeros(1)])
@@ -434,30 +439,23 @@ class SigmaScheduler(SchedulerMixin):
             chosen = np.array([float(s) for s in sigmas], dtype=np.float32)
             return sigma_to_t(chosen[:-1], log_sigmas), chosen
         if timesteps is not None:
-            if c.get("use_karras_sigmas") or c.get("use_exponential_sigmas"):
+            if self._karras or self._exponential:
                 raise ValueError("explicit timesteps cannot be combined with use_karras_sigmas/use_exponential_sigmas")
             steps = np.array([float(t) for t in timesteps], dtype=dtype)
         else:
             steps = spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset)
             steps = steps.astype(dtype)
         chosen = np.interp(steps, np.arange(0, len(train_sigmas)), train_sigmas)
-        respaced = respace_sigmas(
-            chosen,
-            len(steps),
-            c.get("use_karras_sigmas", False),
-            c.get("use_exponential_sigmas", False),
-            c.get("sigma_min"),
-            c.get("sigma_max"),
-        )
+        respaced = respace_sigmas(chosen, len(steps), self._karras, self._exponential, *self._sigma_bounds)
         if respaced is not None:
             chosen, steps = respaced, sigma_to_t(respaced, log_sigmas)
-            if round_karras and c.get("use_karras_sigmas"):
+            if round_karras and self._karras:
                 steps = steps.round()
         return steps, np.concatenate([chosen, [self._final_sigma()]]).astype(np.float32)
 
     def _final_sigma(self) -> float:
         """σ after the last step: 0 (a clean sample) or, with final_sigmas_type='sigma_min', the σ of timestep 0."""
-        if self.config.get("final_sigmas_type", "zero") == "sigma_min":
+        if self._final_sigmas_type == "sigma_min":
             return float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
         return 0.0
 
@@ -540,7 +538,7 @@ class MultistepScheduler(SigmaScheduler):
         check_steps(num_inference_steps, timesteps, None, c.num_train_timesteps)
         train_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod)
         log_sigmas = np.log(train_sigmas)
-        karras, exponential = c.get("use_karras_sigmas", False), c.get("use_exponential_sigmas", False)
+        karras, exponential = self._karras, self._exponential
         if timesteps is not None:
             if karras or exponential:
                 raise ValueError("explicit timesteps cannot be combined with use_karras_sigmas/use_exponential_sigmas")
@@ -555,9 +553,7 @@ class MultistepScheduler(SigmaScheduler):
                 upto=upto,
             ).astype(np.int64)
         sigma_min_0 = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
-        respaced = respace_sigmas(
-            np.flip(train_sigmas).copy(), len(steps), karras, exponential, c.get("sigma_min"), c.get("sigma_max")
-        )
+        respaced = respace_sigmas(np.flip(train_sigmas).copy(), len(steps), karras, exponential, *self._sigma_bounds)
         if respaced is not None:
             sigmas, steps = respaced, sigma_to_t(respaced, log_sigmas)
             if karras and round_karras:

@@ -205,6 +205,19 @@ def test_any_config_swaps_into_any_sampler(fw: Framework) -> None:
             swapped.set_timesteps(4)
 
 
+def test_options_a_sampler_lacks_do_not_leak_in(fw: Framework) -> None:
+    """Keys kept from another sampler's config ride along in the config but do not change this sampler."""
+    euler = fw.scheduler("euler_karras", SD15, final_sigmas_type="sigma_min", sigma_min=0.5, sigma_max=5.0)
+    heun = fw.scheduler("heun", euler.config, use_karras_sigmas=False)
+    assert heun.config.final_sigmas_type == "sigma_min" and heun.config.sigma_min == 0.5  # kept for saving
+    reference = diffusers.HeunDiscreteScheduler.from_config(SD15)
+    heun.set_timesteps(10)
+    reference.set_timesteps(10)
+    torch.testing.assert_close(heun.sigmas, reference.sigmas)
+    euler.set_timesteps(10)
+    assert float(euler.sigmas[0]) == pytest.approx(5.0) and float(euler.sigmas[-1]) > 0
+
+
 def test_reference_configs_swap_in(fw: Framework) -> None:
     """Configs the reference library writes for one sampler load into another of ours (solver names included)."""
     for source in (
