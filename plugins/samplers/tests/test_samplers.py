@@ -396,3 +396,29 @@ def test_pipeline_set_scheduler_keeps_the_noise_schedule(fw: Framework) -> None:
         assert scheduler.config.num_train_timesteps == toy_config["num_train_timesteps"]
     assert pipe.scheduler.config.use_karras_sigmas is True  # carried along from "DPM++ 2M Karras", as configs are
     assert torch.isfinite(pipe(steps=3)).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "schedule"),
+    [
+        ("ddpm", {"timesteps": [999, 800, 601, 400, 200, 50, 0]}),
+        ("euler", {"timesteps": [999, 800, 601, 400, 200, 50, 0]}),
+        ("euler", {"sigmas": [14.6, 8.0, 3.0, 1.1, 0.3, 0.0]}),
+        ("heun", {"timesteps": [999, 700, 400, 100]}),
+        ("dpmpp_2m", {"timesteps": [999, 800, 601, 400, 200, 50]}),
+        ("dpmpp_2m_sde", {"timesteps": [999, 800, 601, 400, 200, 50]}),
+    ],
+)
+def test_explicit_schedules_match_reference(fw: Framework, name: str, schedule: dict[str, list[float]]) -> None:
+    ours = fw.scheduler(name, SD15)
+    theirs = getattr(diffusers, type(ours).layout_name[1]).from_config(dict(ours.config))
+    results = []
+    for scheduler in (ours, theirs):
+        scheduler.set_timesteps(**schedule)
+        x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
+        kwargs = {"generator": torch.Generator().manual_seed(3)} if fw.get("scheduler", name).spec.stochastic else {}
+        for t in scheduler.timesteps:
+            x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x, **kwargs).prev_sample
+        results.append(x)
+    torch.testing.assert_close(ours.timesteps.double(), theirs.timesteps.double(), atol=1e-3, rtol=0)
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-6)
