@@ -616,6 +616,9 @@ class UNet2DConditionModel(ModelMixin):
 
         if config.center_input_sample:
             sample = 2 * sample - 1.0
+        channels_last = self.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        if channels_last:  # after unet.to(memory_format=torch.channels_last): keep every activation in that layout
+            sample = sample.contiguous(memory_format=torch.channels_last)
         x = self.conv_in(sample)
         skips = [x]
         for block in self.down_blocks:
@@ -624,7 +627,8 @@ class UNet2DConditionModel(ModelMixin):
         x = self.mid_block(x, act_temb, encoder_hidden_states, context_mask, kwargs)
         for block in self.up_blocks:
             x = block(x, skips, act_temb, encoder_hidden_states, context_mask, kwargs)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        out = self.conv_out(F.silu(self.conv_norm_out(x)))
+        return out.contiguous() if channels_last else out
 
     def _check_inputs(self, sample: torch.Tensor, context: torch.Tensor) -> None:
         config = self.config
