@@ -594,11 +594,11 @@ class MultistepScheduler(SigmaScheduler):
     def _remember(self, output: torch.Tensor) -> None:
         self.model_outputs = [*self.model_outputs[1:], output]
 
-    def lambdas(self, *indices: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(α_t, σ_t, λ_t) at the given step indices."""
+    def lambdas(self, *indices: int, device: Any = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(α_t, σ_t, λ_t = log(α_t/σ_t)) at the given step indices."""
         result = []
         for i in indices:
-            alpha_t, sigma_t = alpha_sigma(self.sigmas[i])
+            alpha_t, sigma_t = alpha_sigma(self.sigmas[i].to(device))
             result.append((alpha_t, sigma_t, torch.log(alpha_t) - torch.log(sigma_t)))
         return result
 

@@ -83,7 +83,7 @@ class UniPCScheduler(MultistepScheduler):
         i = self._ensure_step_index(timestep)
         converted = self._convert(model_output, sample)
         if i > 0 and (i - 1) not in c.disable_corrector and self.last_sample is not None:
-            sample = self._update(self.last_sample, i - 1, self._order, corrector_output=converted, x_t=sample)
+            sample = self._update(self.last_sample, i - 1, self._order, corrector_output=converted)
         self._remember(converted)
         order = min(c.solver_order, len(self.timesteps) - i) if c.lower_order_final else c.solver_order
         self._order = min(order, self.lower_order_nums + 1)
@@ -94,60 +94,46 @@ class UniPCScheduler(MultistepScheduler):
         return SchedulerOutput(prev, converted if c.predict_x0 else None)
 
     def _update(
-        self,
-        x: torch.Tensor,
-        s: int,
-        order: int,
-        corrector_output: torch.Tensor | None = None,
-        x_t: torch.Tensor | None = None,
+        self, x: torch.Tensor, s: int, order: int, corrector_output: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """UniP from step s to s + 1 (``corrector_output`` None), or UniC of that step: given x_t predicted at s + 1
-        and the model output there, recompute x_t with one more order of accuracy."""
+        """The step from the sample x at step s to step s + 1, using the stored outputs (the newest is step s's).
+
+        UniP (``corrector_output`` None) predicts the new sample. UniC, given the model output at s + 1, recomputes
+        the same step with it, one order more accurate; that replaces the predicted sample.
+        """
         device = x.device
-        corrector = corrector_output is not None
-        # History: in the corrector the newest stored output is at s, so older ones sit one further back.
-        outputs = self.model_outputs
-        m0 = outputs[-1]
-        (alpha_t, sigma_t, lambda_t), (alpha_s0, sigma_s0, lambda_s0) = self.lambdas(s + 1, s)
-        alpha_t, sigma_t, lambda_t = (v.to(device) for v in (alpha_t, sigma_t, lambda_t))
-        h = lambda_t - lambda_s0.to(device)
+        outputs, m0 = self.model_outputs, self.model_outputs[-1]
+        (alpha_t, sigma_t, lambda_t), (alpha_s0, sigma_s0, lambda_s0) = self.lambdas(s + 1, s, device=device)
+        h = lambda_t - lambda_s0
+        # Older steps enter through r_k = (λ_{s-k} - λ_s) / h and the divided differences (m_{s-k} - m_s) / r_k.
         rks, d1s = [], []
         for k in range(1, order):
-            lambda_sk = self.lambdas(s - k)[0][2].to(device)
-            rk = (lambda_sk - lambda_s0.to(device)) / h
+            rk = (self.lambdas(s - k, device=device)[0][2] - lambda_s0) / h
             rks.append(rk)
             d1s.append((outputs[-(k + 1)] - m0) / rk)
-        rks.append(torch.ones((), device=device))
-        rks = torch.stack(rks)
+        rks = torch.stack([*rks, torch.ones((), device=device)])
         hh = -h if self.config.predict_x0 else h
         h_phi_1 = torch.expm1(hh)
-        h_phi_k = h_phi_1 / hh - 1
         b_h = hh if self.config.solver_type == "bh1" else torch.expm1(hh)
-        R, b, factorial = [], [], 1
+        # The order conditions R·ρ = b: R_kj = r_j^k, b_k = k!·φ_{k+1}(h)/B(h) (φ by its recurrence).
+        R, b, factorial, h_phi_k = [], [], 1, h_phi_1 / hh - 1
         for k in range(1, order + 1):
             R.append(torch.pow(rks, k - 1))
             b.append(h_phi_k * factorial / b_h)
             factorial *= k + 1
             h_phi_k = h_phi_k / hh - 1 / factorial
         R, b = torch.stack(R), torch.stack(b)
-        d1s_t = torch.stack(d1s, dim=1) if d1s else None
+        differences = torch.stack(d1s, dim=1) if d1s else None
         if self.config.predict_x0:
-            base = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
-            scale = alpha_t
+            base, scale = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0, alpha_t
         else:
-            base = alpha_t / alpha_s0 * x - sigma_t * h_phi_1 * m0
-            scale = sigma_t
-        if not corrector:
-            if d1s_t is None:
-                return (base - scale * b_h * 0).to(x.dtype)
-            rhos = torch.ones(1, dtype=x.dtype, device=device) * 0.5 if order == 2 else None
-            if rhos is None:
-                rhos = torch.linalg.solve(R[:-1, :-1], b[:-1]).to(device).to(x.dtype)
-            res = torch.einsum("k,bkc...->bc...", rhos, d1s_t)
-            return (base - scale * b_h * res).to(x.dtype)
-        if order == 1:
-            rhos_c = torch.ones(1, dtype=x.dtype, device=device) * 0.5
-        else:
-            rhos_c = torch.linalg.solve(R, b).to(device).to(x.dtype)
-        res = torch.einsum("k,bkc...->bc...", rhos_c[:-1], d1s_t) if d1s_t is not None else 0
-        return (base - scale * b_h * (res + rhos_c[-1] * (corrector_output - m0))).to(x.dtype)
+            base, scale = alpha_t / alpha_s0 * x - sigma_t * h_phi_1 * m0, sigma_t
+        half = torch.ones(1, dtype=x.dtype, device=device) * 0.5
+        if corrector_output is None:
+            if differences is None:
+                return base.to(x.dtype)
+            rhos = half if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).to(device).to(x.dtype)
+            return (base - scale * b_h * torch.einsum("k,bkc...->bc...", rhos, differences)).to(x.dtype)
+        rhos = half if order == 1 else torch.linalg.solve(R, b).to(device).to(x.dtype)
+        res = torch.einsum("k,bkc...->bc...", rhos[:-1], differences) if differences is not None else 0
+        return (base - scale * b_h * (res + rhos[-1] * (corrector_output - m0))).to(x.dtype)
