@@ -129,7 +129,8 @@ class LCMScheduler(ConsistencyScheduler):
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: torch.Generator | None = None
     ) -> SchedulerOutput:
         i = self._ensure_step_index(timestep)
-        prev_t = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else timestep
+        timestep = torch.as_tensor(timestep).cpu()  # the schedule may live on the GPU; ᾱ stays on the CPU
+        prev_t = self.timesteps[i + 1].cpu() if i + 1 < len(self.timesteps) else timestep
         a_t, a_prev = self.alphas_cumprod[timestep], self.alpha_prod_at(prev_t)
         c_skip, c_out = self.boundary_scalings(timestep)
         x0, _ = x0_from_alpha(self.config.prediction_type, model_output, sample, a_t)

@@ -72,7 +72,8 @@ class TCDScheduler(ConsistencyScheduler):
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         i = self._ensure_step_index(timestep)
-        prev_t = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else torch.tensor(0)
+        timestep = torch.as_tensor(timestep).cpu()  # the schedule may live on the GPU; ᾱ stays on the CPU
+        prev_t = self.timesteps[i + 1].cpu() if i + 1 < len(self.timesteps) else torch.tensor(0)
         s = torch.floor((1 - eta) * prev_t).to(dtype=torch.long)
         a_t, a_prev, a_s = self.alphas_cumprod[timestep], self.alpha_prod_at(prev_t), self.alphas_cumprod[s]
         x0, eps = x0_from_alpha(self.config.prediction_type, model_output, sample, a_t)
