@@ -129,6 +129,11 @@ class StableDiffusionBase(DiffusionPipeline):
 
         framework = options.get("framework") or Framework()
         options["framework"] = framework
+        if isinstance(options.get("torch_dtype"), str):  # dtype="float16" as well as dtype=torch.float16
+            name = options["torch_dtype"].removeprefix("torch.")
+            if not isinstance(getattr(torch, name, None), torch.dtype):
+                raise ValueError(f"unknown dtype {options['torch_dtype']!r}; use float32, float16 or bfloat16")
+            options["torch_dtype"] = getattr(torch, name)
         if isinstance(options.get("scheduler"), str):
             framework.get("scheduler", options["scheduler"])
         if options.get("attention") is not None and isinstance(options["attention"], str):

@@ -234,6 +234,8 @@ def test_bad_build(h, framework, tiny_model, tmp_path):
         framework.build("stable-diffusion", model=tiny_model, scheduler="warp_drive")
     with pytest.raises(UnknownComponentError, match="no attention processor named 'flashy'"):
         framework.build("stable-diffusion", model=tiny_model, attention="flashy")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        framework.build("stable-diffusion", model=tiny_model, dtype="float7")
     with pytest.raises(TypeError, match="unknown option"):
         framework.build("stable-diffusion", model=tiny_model, turbo=True)
 
