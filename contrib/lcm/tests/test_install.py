@@ -8,6 +8,7 @@ venv only.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,8 @@ else:
 
 
 def run(python: Path, *args: str) -> str:
-    result = subprocess.run([str(python), *args], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    result = subprocess.run([str(python), *args], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
     return result.stdout
 

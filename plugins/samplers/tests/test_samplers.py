@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -138,8 +139,9 @@ def test_unknown_name_lists_the_installed_ones(fw: Framework) -> None:
 
 
 def test_listing_does_not_import_torch() -> None:
-    code = "import sys, difframe; difframe.Framework().schedulers; assert 'torch' not in sys.modules, 'torch'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import sys, difframe; assert difframe.Framework().schedulers; assert 'torch' not in sys.modules, 'torch'"
+    env = {**os.environ, "DIFFRAME_LOAD_PLUGINS": "difframe-samplers"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_dpmpp_sde_says_when_torchsde_is_missing(monkeypatch: pytest.MonkeyPatch, fw: Framework) -> None:
