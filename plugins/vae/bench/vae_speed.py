@@ -27,14 +27,16 @@ SD15_VAE = {
 }
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up
-    times = []
+def timed_pair(ours: Callable[[], object], reference: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median wall times, ours and the reference alternating so that load from other work hits both alike."""
+    ours(), reference()  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, bucket in ((ours, times[0]), (reference, times[1])):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -51,36 +53,23 @@ def main() -> None:
     torch.manual_seed(0)
     folder = Path(tempfile.mkdtemp()) / "vae"
     Reference(**SD15_VAE).save_pretrained(folder)
-    rows = []
-    load_ours = timed(lambda: AutoencoderKL.from_pretrained(folder), args.repeat)
-    load_reference = timed(lambda: Reference.from_pretrained(folder), args.repeat)
-    rows.append(("load vae/ folder", load_ours, load_reference))
+    rows = [("load vae/ folder", *timed_pair(lambda: AutoencoderKL.from_pretrained(folder),
+                                             lambda: Reference.from_pretrained(folder), args.repeat))]  # fmt: skip
     ours, reference = AutoencoderKL.from_pretrained(folder), Reference.from_pretrained(folder).eval()
     latent = torch.randn(1, 4, args.size // 8, args.size // 8)
     image = torch.rand(1, 3, args.size, args.size) * 2 - 1
+    size = f"1x{args.size}x{args.size}"
     with torch.inference_mode():
-        rows.append(
-            (
-                f"decode 1x{args.size}x{args.size}",
-                timed(lambda: ours.decode(latent), args.repeat),
-                timed(lambda: reference.decode(latent), args.repeat),
-            )
+        decode = timed_pair(lambda: ours.decode(latent), lambda: reference.decode(latent), args.repeat)
+        rows.append((f"decode {size}", *decode))
+        encode = timed_pair(
+            lambda: ours.encode(image).mean, lambda: reference.encode(image).latent_dist.mean, args.repeat
         )
-        rows.append(
-            (
-                f"encode 1x{args.size}x{args.size}",
-                timed(lambda: ours.encode(image).mean, args.repeat),
-                timed(lambda: reference.encode(image).latent_dist.mean, args.repeat),
-            )
-        )
+        rows.append((f"encode {size}", *encode))
         ours.to(memory_format=torch.channels_last)
-        rows.append(
-            (
-                f"decode 1x{args.size}x{args.size}, ours channels_last",
-                timed(lambda: ours.decode(latent.to(memory_format=torch.channels_last)), args.repeat),
-                rows[1][2],
-            )
-        )
+        latent_cl = latent.to(memory_format=torch.channels_last)
+        decode_cl = timed_pair(lambda: ours.decode(latent_cl), lambda: reference.decode(latent), args.repeat)
+        rows.append((f"decode {size}, ours channels_last", *decode_cl))
     print(f"threads: {args.threads}, torch {torch.__version__}, median of {args.repeat}\n")
     print("| what | ours | reference | ratio |\n| --- | ---: | ---: | ---: |")
     for what, a, b in rows:
