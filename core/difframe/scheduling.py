@@ -257,7 +257,11 @@ def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> t
     return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(dtype)
 
 
-def randn_like(sample: torch.Tensor, generator: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+def randn_like(
+    sample: torch.Tensor,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Gaussian noise shaped like ``sample``, drawn on the generator's device so a seed gives the same noise
     whatever device the sample is on. ``generator`` may be a list with one generator per batch item: item i's
     noise then comes from generator i alone (so an image does not depend on its position in the batch)."""

@@ -424,3 +424,12 @@ def test_explicit_schedules_match_reference(fw: Framework, name: str, schedule: 
         results.append(x)
     torch.testing.assert_close(ours.timesteps.double(), theirs.timesteps.double(), atol=1e-3, rtol=0)
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-6)
+
+
+def test_generator_list_must_match_the_batch(fw: Framework) -> None:
+    scheduler = fw.scheduler("euler_a")
+    scheduler.set_timesteps(4)
+    x = torch.zeros(2, 4, 4, 4)
+    generators = [torch.Generator().manual_seed(s) for s in range(3)]
+    with pytest.raises(ValueError, match="got 3 generators for a batch of 2"):
+        scheduler.step(x, scheduler.timesteps[0], x, generator=generators)
