@@ -264,14 +264,14 @@ class DownBlock(_Block):
         self,
         in_channels: int,
         out_channels: int,
-        temb_channels: int,
         layers: int,
         attention: bool,
+        downsample: bool,
+        downsample_padding: int,
         heads: int,
         transformer_layers: int,
         cross_attention_dim: int,
-        downsample: bool,
-        downsample_padding: int,
+        temb_channels: int,
         groups: int,
         eps: float,
         dropout: float,
@@ -317,14 +317,14 @@ class UNetMidBlock2DCrossAttn(_Block):
     def __init__(
         self,
         channels: int,
-        temb_channels: int,
+        output_scale_factor: float,
         heads: int,
         transformer_layers: int,
         cross_attention_dim: int,
+        temb_channels: int,
         groups: int,
         eps: float,
         dropout: float,
-        output_scale_factor: float,
         use_linear_projection: bool,
         upcast_attention: bool,
     ) -> None:
@@ -364,13 +364,13 @@ class UpBlock(_Block):
         in_channels: int,
         prev_channels: int,
         out_channels: int,
-        temb_channels: int,
         layers: int,
         attention: bool,
+        upsample: bool,
         heads: int,
         transformer_layers: int,
         cross_attention_dim: int,
-        upsample: bool,
+        temb_channels: int,
         groups: int,
         eps: float,
         dropout: float,
@@ -505,39 +505,23 @@ class UNet2DConditionModel(ModelMixin):
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_dim, time_cond_proj_dim)
 
         common = dict(
-            groups=norm_num_groups,
-            eps=norm_eps,
-            dropout=dropout,
-            use_linear_projection=use_linear_projection,
-            upcast_attention=upcast_attention,
-        )
+            temb_channels=time_dim, groups=norm_num_groups, eps=norm_eps, dropout=dropout,
+            use_linear_projection=use_linear_projection, upcast_attention=upcast_attention,
+        )  # fmt: skip
+
+        def attention(i: int) -> dict[str, int]:  # per-block attention settings
+            return dict(heads=heads[i], transformer_layers=transformer_layers[i], cross_attention_dim=context_dims[i])
+
         self.down_blocks = nn.ModuleList()
         out = block_out_channels[0]
         for i, kind in enumerate(down_block_types):
             inp, out = out, block_out_channels[i]
             self.down_blocks.append(
-                DownBlock(
-                    inp,
-                    out,
-                    time_dim,
-                    layers_per_block,
-                    kind == "CrossAttnDownBlock2D",
-                    heads[i],
-                    transformer_layers[i],
-                    context_dims[i],
-                    i < blocks - 1,
-                    downsample_padding,
-                    **common,
-                )
-            )
+                DownBlock(inp, out, layers_per_block, kind == "CrossAttnDownBlock2D", downsample=i < blocks - 1,
+                          downsample_padding=downsample_padding, **attention(i), **common)
+            )  # fmt: skip
         self.mid_block = UNetMidBlock2DCrossAttn(
-            block_out_channels[-1],
-            time_dim,
-            heads[-1],
-            transformer_layers[-1],
-            context_dims[-1],
-            output_scale_factor=mid_block_scale_factor,
-            **common,
+            block_out_channels[-1], output_scale_factor=mid_block_scale_factor, **attention(blocks - 1), **common
         )
 
         self.up_blocks = nn.ModuleList()
@@ -546,22 +530,10 @@ class UNet2DConditionModel(ModelMixin):
         for i, kind in enumerate(up_block_types):
             prev, out = out, reversed_channels[i]
             inp = reversed_channels[min(i + 1, blocks - 1)]
-            j = blocks - 1 - i  # the matching down block, for per-block settings
-            self.up_blocks.append(
-                UpBlock(
-                    inp,
-                    prev,
-                    out,
-                    time_dim,
-                    layers_per_block + 1,
-                    kind == "CrossAttnUpBlock2D",
-                    heads[j],
-                    transformer_layers[j],
-                    context_dims[j],
-                    i < blocks - 1,
-                    **common,
-                )
-            )
+            self.up_blocks.append(  # settings of the matching down block
+                UpBlock(inp, prev, out, layers_per_block + 1, kind == "CrossAttnUpBlock2D", upsample=i < blocks - 1,
+                        **attention(blocks - 1 - i), **common)
+            )  # fmt: skip
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, conv_out_kernel, padding=conv_out_kernel // 2)
 
@@ -598,7 +570,8 @@ class UNet2DConditionModel(ModelMixin):
         batch = sample.shape[0]
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([timestep], device=sample.device)
-        timestep = timestep.reshape(-1).to(sample.device).expand(batch) if timestep.numel() == 1 else timestep
+        timestep = timestep.to(sample.device).reshape(-1)
+        timestep = timestep.expand(batch) if timestep.numel() == 1 else timestep
         if timestep.shape != (batch,):
             raise ValueError(
                 f"timestep must be one value or one per sample ({batch}), got shape {tuple(timestep.shape)}"
