@@ -367,7 +367,8 @@ class StableDiffusionBase(DiffusionPipeline):
         if not clip_skip:
             return self.text_encoder(ids, attention_mask=mask)[0]
         hidden = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True)[-1][-(clip_skip + 1)]
-        return self.text_encoder.text_model.final_layer_norm(hidden)
+        final_norm = getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm  # transformers 4/5
+        return final_norm(hidden)
 
     def _prompt_embeddings(
         self,

@@ -79,14 +79,23 @@ def test_latents_and_precomputed_embeddings(h, framework, tiny_model):
 
 
 def test_clip_skip_matches_without_guidance(h, framework, tiny_model):
-    # the reference skips CLIP layers for the prompt only, not for the negative prompt; we (like the web UIs)
-    # skip them for both, so the comparison runs without guidance
+    # the reference skips CLIP layers for the prompt only, not for the negative prompt; we (like the web UIs) skip
+    # them for both, so the comparison runs without guidance. The reference's own clip_skip code path fails with
+    # transformers 5 (it reaches for text_encoder.text_model), so its embedding is computed here by its formula:
+    # the final layer norm over the hidden state clip_skip layers before the last.
+    import torch
+
     pipe = h.cached(framework, tiny_model, scheduler="euler")
     reference = h.reference_pipeline(tiny_model, "text", "euler")
-    kwargs = dict(num_inference_steps=STEPS, clip_skip=2, guidance_scale=1.0, output_type="np")
-    assert_close(
-        pipe("a forest", seed=5, **kwargs).images, reference("a forest", generator=h.generators([5]), **kwargs).images
-    )
+    encoder, tokenizer = reference.text_encoder, reference.tokenizer
+    ids = tokenizer(["a forest"], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = encoder(ids, output_hidden_states=True).hidden_states[-(2 + 1)]
+        embeds = getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+    kwargs = dict(num_inference_steps=STEPS, guidance_scale=1.0, output_type="np")
+    theirs = reference(prompt_embeds=embeds, generator=h.generators([5]), **kwargs).images
+    assert_close(pipe("a forest", seed=5, clip_skip=2, **kwargs).images, theirs)
+    assert_close(pipe(prompt_embeds=pipe.encode_prompt(["a forest"], clip_skip=2), seed=5, **kwargs).images, theirs)
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpmpp"])
