@@ -121,6 +121,16 @@ def write_reference_model(
     return folder
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the suite shares a small machine: with more threads than free
+    cores, torch's thread pool spins and a tiny UNet call goes from 0.1 s to seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return write_reference_model(tmp_path_factory.mktemp("sd") / "tiny-sd")
