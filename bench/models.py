@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per process, and load rounds")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--folder", type=Path, help="reuse (or create) the saved random model here")
+    parser.add_argument("--only", help="comma-separated cases: load,unet,unet-channels-last,vae-decode,memory")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "SIDE"), help=argparse.SUPPRESS)
     parser.add_argument("--components", default="unet,vae,text_encoder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -167,6 +168,8 @@ def main() -> None:
 
     def compare(label: str, case: str, components: list[str], rounds: int, key: str = "seconds") -> None:
         """Alternate processes, ours then the reference's, so load on the machine hits both sides alike."""
+        if args.only and case not in args.only.split(","):
+            return
         samples: dict[str, list] = {"ours": [], "reference": []}
         for _ in range(rounds):
             for side in samples:
