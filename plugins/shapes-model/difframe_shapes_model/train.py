@@ -14,7 +14,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
@@ -216,11 +215,10 @@ class Trainer:
             self.scaling_factor = float(1 / latents.std())
         self.latents = latents * self.scaling_factor
 
-    def _learning_rate(self, steps: int) -> float:
-        if self.step < self.recipe.warmup_steps:
-            return self.recipe.lr * (self.step + 1) / self.recipe.warmup_steps
-        progress = (self.step - self.recipe.warmup_steps) / max(steps - self.recipe.warmup_steps, 1)
-        return self.recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    def _learning_rate(self) -> float:
+        """Linear warm-up, then constant: the weights after n steps do not depend on the planned total, so a run
+        stopped early is reproduced exactly by the same recipe with --unet-steps n."""
+        return self.recipe.lr * min(1.0, (self.step + 1) / self.recipe.warmup_steps)
 
     def _unet_step(self, generator: torch.Generator, steps: int) -> float:
         batch = self.recipe.unet_batch
@@ -239,7 +237,7 @@ class Trainer:
         weight = snr.clamp(max=self.recipe.min_snr_gamma) / snr  # min-SNR weighting (Hang et al. 2023)
         loss = (weight * (prediction - noise).square().mean(dim=(1, 2, 3))).mean()
         for group in self.optimizer.param_groups:
-            group["lr"] = self._learning_rate(steps)
+            group["lr"] = self._learning_rate()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
