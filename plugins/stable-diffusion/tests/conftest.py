@@ -90,7 +90,6 @@ def write_reference_model(
     in_channels: int = 4,
     seed: int = 0,
     jitter: bool = True,
-    keep: list | None = None,
 ) -> Path:
     """A model folder saved by diffusers' StableDiffusionPipeline (PNDM scheduler, as SD 1.5 ships)."""
     from difframe_clip import write_tokenizer_folder
@@ -116,8 +115,6 @@ def write_reference_model(
         requires_safety_checker=False,
     )
     reference.save_pretrained(folder)
-    if keep is not None:  # the caller wants the reference pipeline itself (saves loading it again)
-        keep.append(reference)
     return folder
 
 
