@@ -228,6 +228,20 @@ class StableDiffusionBase(DiffusionPipeline):
         else:
             self.memory_budget = parse_bytes(budget)
 
+    def set_scheduler(self, name: str, /, **overrides: Any) -> Any:
+        """Swap the sampler in one line: ``pipe.set_scheduler("euler_a")``. The model's noise schedule is kept; the
+        options the current sampler's name implied (Karras sigmas, solver order, ...) are not carried over."""
+        framework = self._framework()
+        config = dict(self.scheduler.config)
+        current = self.scheduler_name
+        try:
+            implied = framework.get("scheduler", current).spec.options if current else {}
+        except Exception:
+            implied = {}
+        base = {k: v for k, v in config.items() if k not in implied}
+        self.__dict__["scheduler"] = framework.scheduler(name, base, **overrides)
+        return self.scheduler
+
     def interrupt(self) -> None:
         """Stop denoising after the current step (call it from a step callback); what is done so far is decoded."""
         self._interrupted = True

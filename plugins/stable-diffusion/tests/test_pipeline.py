@@ -142,6 +142,11 @@ def test_swap_sampler_in_one_line(h, framework, tiny_model):
     pipe = h.cached(framework, tiny_model, scheduler="ddim")
     pipe.set_scheduler("euler_a")
     assert pipe.scheduler_name == "euler_a"
+    pipe.set_scheduler("dpmpp_2m_karras")
+    assert pipe.scheduler_name == "dpmpp_2m_karras"
+    pipe.set_scheduler("euler")  # Karras sigmas came with the name, so they do not carry over
+    assert pipe.scheduler_name == "euler" and not pipe.scheduler.config.get("use_karras_sigmas")
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear"  # the model's noise schedule stays
     pipe.set_scheduler("dpmpp")
     assert pipe.scheduler_name == "dpmpp_2m"
     assert pipe("a cat", seed=1, num_inference_steps=2).parameters[0].to_text().count("Sampler: DPM++ 2M,") == 1
