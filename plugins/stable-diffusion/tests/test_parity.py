@@ -124,3 +124,17 @@ def test_inpainting(h, framework, tiny_model, tiny_inpaint_model, unet, strength
         ["a cat", "a dog"], image=[image, image], height=32, width=32, generator=h.generators([7, 9]), **kwargs
     ).images
     assert_close(ours, theirs)
+
+
+def test_one_generator_for_the_batch_as_the_reference(h, framework, tiny_model):
+    # the reference library's default: one generator draws the whole batch's noise (images then depend on the
+    # batch); accepted as given, with the same numbers
+    import torch
+
+    pipe = h.cached(framework, tiny_model, scheduler="euler_a")
+    reference = h.reference_pipeline(tiny_model, "text", "euler_a")
+    kwargs = dict(num_inference_steps=STEPS, num_images_per_prompt=2, output_type="np")
+    ours = pipe("a cat", generator=torch.Generator().manual_seed(6), **kwargs)
+    theirs = reference("a cat", generator=torch.Generator().manual_seed(6), **kwargs).images
+    assert_close(ours.images, theirs)
+    assert ours.seeds == [None, None]
