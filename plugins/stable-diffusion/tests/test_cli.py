@@ -56,3 +56,22 @@ def test_command_is_listed_without_importing_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_generate_image_to_image_and_inpainting(h, tiny_model, tmp_path, capsys):
+    image, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    h.make_image(32).save(image)
+    h.make_mask(32).save(mask)
+    common = ("-m", str(tiny_model), "--steps", "4", "--seed", "1", "--no-progress")
+    assert (
+        run("generate", "a cat", "--image", str(image), "--strength", "0.5", "-o", str(tmp_path / "i2i"), *common) == 0
+    )
+    [made] = (tmp_path / "i2i").glob("*.png")
+    assert "Denoising strength: 0.5" in Image.open(made).text["parameters"]
+    assert run("generate", "--from-png", str(made), "-m", str(tiny_model), "-o", str(tmp_path / "x")) == 2
+    assert "--image" in capsys.readouterr().err
+    out = tmp_path / "inpaint"
+    assert run("generate", "a cat", "--image", str(image), "--mask", str(mask), "-o", str(out), *common) == 0
+    [painted] = out.glob("*.png")
+    assert Image.open(painted).size == (32, 32)
+    assert "Denoising strength: 1.0" in Image.open(painted).text["parameters"]  # inpainting's default strength
