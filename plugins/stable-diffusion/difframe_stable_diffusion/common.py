@@ -223,10 +223,7 @@ class StableDiffusionBase(DiffusionPipeline):
     def set_memory_budget(self, budget: int | str | None) -> None:
         """Bytes that one chunk of a batch may use ("8GB"); None: automatic, from the device's free memory;
         "unlimited": never split a batch."""
-        if isinstance(budget, str) and budget.strip().lower() in ("unlimited", "none", "inf"):
-            self.memory_budget = -1
-        else:
-            self.memory_budget = parse_bytes(budget)
+        self.memory_budget = _budget_bytes(budget)
 
     def set_scheduler(self, name: str, /, **overrides: Any) -> Any:
         """Swap the sampler in one line: ``pipe.set_scheduler("euler_a")``. The model's noise schedule is kept; the
@@ -320,11 +317,9 @@ class StableDiffusionBase(DiffusionPipeline):
         return int(max(unet, vae))
 
     def _chunk_size(self, total: int, height: int, width: int, guided: bool, budget: Any) -> int:
-        if budget is not None:
-            self.set_memory_budget(budget)
-        if self.memory_budget == -1:
+        budget_bytes = self.memory_budget if budget is None else _budget_bytes(budget)  # a call's budget: this call
+        if budget_bytes == -1:
             return total
-        budget_bytes = self.memory_budget
         if budget_bytes is None:
             free = available_memory(self.execution_device)
             budget_bytes = None if free is None else int(free * AUTO_BUDGET_FRACTION)
@@ -776,6 +771,13 @@ class StableDiffusionBase(DiffusionPipeline):
 
     def run_chunk(self, chunk: Chunk, **settings: Any) -> torch.Tensor:
         raise NotImplementedError
+
+
+def _budget_bytes(budget: int | str | None) -> int | None:
+    """Bytes; -1 for "unlimited"; None for automatic."""
+    if isinstance(budget, str) and budget.strip().lower() in ("unlimited", "none", "inf"):
+        return -1
+    return parse_bytes(budget)
 
 
 def split_where_changes(ranges: list[tuple[int, int]], keys: list[Any]) -> list[tuple[int, int]]:

@@ -60,6 +60,7 @@ def test_memory_budget_splits_batches(h, framework, tiny_model):
     try:
         pipe("a cat", seed=1, num_images_per_prompt=5, num_inference_steps=1, memory_budget=per_image * 2)
         assert calls == [2, 2, 1]
+        assert pipe.memory_budget is None  # a call's budget is for that call only
         calls.clear()
         pipe.set_memory_budget("unlimited")
         pipe("a cat", seed=1, num_images_per_prompt=5, num_inference_steps=1)
