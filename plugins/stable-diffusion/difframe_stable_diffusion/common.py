@@ -140,7 +140,20 @@ class StableDiffusionBase(DiffusionPipeline):
             _check_attention_name(framework, options["attention"])
         pipeline = super().from_pretrained(reference, **options)
         pipeline.model_name = _model_name(reference)
+        pipeline._update_legacy_scheduler_config()
         return pipeline
+
+    def _update_legacy_scheduler_config(self) -> None:
+        """Old SD scheduler configs (steps_offset 0, clip_sample true) are corrected on load, as the reference
+        library's pipeline constructor does, so a folder gives the same images in both."""
+        scheduler = self.scheduler
+        fixes: dict[str, Any] = {}
+        if scheduler.config.get("steps_offset", 1) != 1:
+            fixes["steps_offset"] = 1
+        if scheduler.config.get("clip_sample", False) is True:
+            fixes["clip_sample"] = False
+        if fixes and hasattr(type(scheduler), "from_config"):
+            self.__dict__["scheduler"] = type(scheduler).from_config({**scheduler.config, **fixes})
 
     def apply_options(
         self,

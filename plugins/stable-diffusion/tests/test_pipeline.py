@@ -249,10 +249,20 @@ def test_bad_build(h, framework, tiny_model, tmp_path):
 def test_save_and_load_round_trip(h, framework, tiny_model, tmp_path):
     import json
 
-    pipe = h.cached(framework, tiny_model, scheduler="ddim")
+    import diffusers
+
+    pipe = h.build(framework, tiny_model, scheduler="ddim")
+    assert pipe.scheduler.config.clip_sample is False  # corrected on load, as the reference's constructor does
     pipe.save_pretrained(tmp_path / "saved")
     index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline" and index["unet"] == ["diffusers", "UNet2DConditionModel"]
     again = h.build(framework, tmp_path / "saved")
     kwargs = dict(seed=1, num_inference_steps=2, output_type="np")
-    assert np.array_equal(again("a cat", **kwargs).images, pipe("a cat", **kwargs).images)
+    ours = pipe("a cat", **kwargs).images
+    assert np.array_equal(again("a cat", **kwargs).images, ours)
+    # the reference library loads our save as well, and makes the same image
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "saved", safety_checker=None)
+    reference.set_progress_bar_config(disable=True)
+    assert type(reference.scheduler).__name__ == "DDIMScheduler"
+    theirs = reference("a cat", generator=h.generators([1]), num_inference_steps=2, output_type="np").images
+    assert close(theirs, ours, tol=1e-4)
