@@ -134,8 +134,8 @@ def main() -> None:
     print(
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, {args.threads} "
         f"threads, Python {platform.python_version()}; `{Path(sys.executable).name} bench/pipelines.py --repeat "
-        f"{args.repeat}`; medians of {args.repeat} fresh processes each. Max abs difference between the two "
-        f"images: {difference:.1e}.\n"
+        f"{args.repeat} --threads {args.threads}`; medians of {args.repeat} fresh processes each. Max abs "
+        f"difference between the two images: {difference:.1e}.\n"
     )
     print("| what | ours | reference | ratio (ours / reference) |")
     print("| --- | ---: | ---: | ---: |")
