@@ -79,10 +79,11 @@ def loaders(side: str) -> dict[str, object]:
     return found
 
 
-def unet_call(unet, side: str):
+def unet_call(unet, side: str, dtype=None):
     import torch
 
-    sample, context = torch.randn(2, 4, 32, 32), torch.randn(2, 77, 768)  # 256x256 pixels, batch 2
+    dtype = dtype or torch.float32
+    sample, context = torch.randn(2, 4, 32, 32, dtype=dtype), torch.randn(2, 77, 768, dtype=dtype)  # 256x256, batch 2
     if side == "reference":
         return lambda: unet(sample, 500, context).sample
     return lambda: unet(sample, 500, context)
@@ -100,11 +101,12 @@ def worker(case: str, side: str, folder: Path, threads: int, repeat: int, compon
         models = {name: load[name](folder) for name in components}
         result["seconds"] = [(time.perf_counter() - wall, time.process_time() - cpu)]
         result["loaded"] = sorted(models)
-    elif case in ("unet", "unet-channels-last"):
+    elif case in ("unet", "unet-channels-last", "unet-bf16"):
         unet = load["unet"](folder)
         if case == "unet-channels-last":
             unet.to(memory_format=torch.channels_last)
-        step = unet_call(unet, side)
+        dtype = torch.bfloat16 if case == "unet-bf16" else torch.float32
+        step = unet_call(unet.to(dtype), side, dtype)
         with torch.no_grad():
             step()  # warm-up
             result["seconds"] = [_timed(step) for _ in range(repeat)]
@@ -145,7 +147,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per process, and load rounds")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--folder", type=Path, help="reuse (or create) the saved random model here")
-    parser.add_argument("--only", help="comma-separated cases: load,unet,unet-channels-last,vae-decode,memory")
+    parser.add_argument(
+        "--only", help="comma-separated cases: load,unet,unet-channels-last,unet-bf16,vae-decode,memory"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "SIDE"), help=argparse.SUPPRESS)
     parser.add_argument("--components", default="unet,vae,text_encoder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,6 +187,7 @@ def main() -> None:
     compare(f"load {loaded}", "load", ours, rounds=args.repeat)
     compare("UNet forward, 256x256, batch 2", "unet", ["unet"], rounds=2)
     compare("UNet forward, channels_last (both)", "unet-channels-last", ["unet"], rounds=2)
+    compare("UNet forward, bfloat16 (both)", "unet-bf16", ["unet"], rounds=2)
     if "vae" in ours:
         compare("VAE decode, 256x256, batch 1", "vae-decode", ["vae"], rounds=2)
     compare(f"peak RSS: load {loaded} + one UNet step", "memory", ours, rounds=2, key="maxrss_mb")
