@@ -37,13 +37,18 @@ def main() -> None:
         ("import difframe", [sys.executable, "-c", "import difframe"], args.repeat),
         ("difframe plugins", [difframe, "plugins"], args.repeat),
         ("difframe plugins --json", [difframe, "plugins", "--json"], args.repeat),
-        ("reference: from diffusers import StableDiffusionPipeline",
-         [sys.executable, "-c", "from diffusers import StableDiffusionPipeline"], max(3, args.repeat // 5)),
+        (
+            "reference: from diffusers import StableDiffusionPipeline",
+            [sys.executable, "-c", "from diffusers import StableDiffusionPipeline"],
+            max(3, args.repeat // 5),
+        ),
     ]
     results = {label: statistics.median(wall_times(command, n)) for label, command, n in cases}
     reference = results["reference: from diffusers import StableDiffusionPipeline"]
-    print(f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}; `{Path(sys.executable).name} bench/cli.py --repeat {args.repeat}`.\n")
+    print(
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; `{Path(sys.executable).name} bench/cli.py --repeat {args.repeat}`.\n"
+    )
     print("| what | median wall time | ratio to importing the reference pipeline |")
     print("| --- | ---: | ---: |")
     for label, seconds in results.items():
