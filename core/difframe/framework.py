@@ -6,9 +6,27 @@ import importlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import PluginError, UnavailableError, UnknownComponentError
+from .errors import ModelLoadError, PluginError, UnavailableError, UnknownComponentError
 from .plugins import PluginInfo, load_plugins
 from .registry import Problem, Registration
+
+
+def packaged_folder(reference: str) -> str:
+    """'package:relative/path' -> that folder inside the installed package (found without importing it)."""
+    package, separator, relative = reference.partition(":")
+    if not separator or not package.isidentifier():
+        return reference  # a folder or a hub id
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise ModelLoadError(
+            f"the default model {reference!r} lives in the package {package!r}, which is not installed; install it, "
+            "or pass model='<folder or hub id>'"
+        )
+    return str(Path(locations[0]) / relative)
 
 
 class Framework:
@@ -106,7 +124,8 @@ class Framework:
         """
         registration = self.get("pipeline", pipeline)
         pipeline_class = self.load_factory(registration)
-        model = model if model is not None else registration.spec.default_model
+        if model is None and registration.spec.default_model is not None:
+            model = packaged_folder(registration.spec.default_model)
         if model is None:
             raise ValueError(f"pipeline {registration.name!r} has no default model; pass model='<folder or hub id>'")
         if "dtype" in options:

@@ -203,3 +203,30 @@ def test_only_needed_files_are_requested(framework, saved, tmp_path, monkeypatch
     assert not any(p.startswith("extra/") for p in allowed)  # [null, null] components are not fetched
     assert not any(p.endswith((".bin", ".ckpt")) for p in allowed)  # no pickles unless allow_pickle
     assert "*.fp16.*" in calls[1]["ignore_patterns"]  # other variants are not fetched
+
+
+def test_default_model_inside_an_installed_package(saved, tmp_path, monkeypatch):
+    import shutil
+
+    from difframe import hookimpl
+
+    package = tmp_path / "site" / "toy_weights_pkg"
+    shutil.copytree(saved, package / "weights")
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+
+    class Plugin:
+        __name__ = "with-default"
+
+        @hookimpl
+        def register_pipeline(self, register):
+            register(
+                name="toy-default", factory="difframe.testing:ToyPipeline", default_model="toy_weights_pkg:weights"
+            )
+            register(name="toy-missing", factory="difframe.testing:ToyPipeline", default_model="absent_pkg_xyz:weights")
+
+    framework = Framework(plugins=[ToyPlugin(), Plugin()])
+    pipe = framework.build("toy-default")
+    torch.testing.assert_close(pipe(steps=2), make_toy_pipeline()(steps=2), rtol=0, atol=0)
+    with pytest.raises(ModelLoadError, match="lives in the package 'absent_pkg_xyz', which is not installed"):
+        framework.build("toy-missing")
