@@ -25,8 +25,11 @@ $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
 
 install: $(VENV)/.installed
 
+# Generates with the built-in model, offline; `difframe generate` prints the image's path.
 demo: install
 	$(VENV)/bin/difframe plugins
+	HF_HUB_OFFLINE=1 $(VENV)/bin/difframe generate "a red circle on a blue background" --seed 7 --steps 20 \
+		--out out/demo --no-progress
 
 test: $(VENV)/.test-installed
 	$(PY) -m ruff check .

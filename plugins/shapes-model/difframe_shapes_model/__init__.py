@@ -2,4 +2,4 @@
 
 from pathlib import Path
 
-WEIGHTS = Path(__file__).parent / "weights"
+WEIGHTS = Path(__file__).parent / "difframe-shapes"

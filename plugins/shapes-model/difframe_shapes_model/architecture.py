@@ -35,7 +35,15 @@ TEXT = {  # transformers.CLIPTextConfig; the vocabulary is the real CLIP one
     "eos_token_id": 49407,
     "pad_token_id": 49407,
 }
-SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    # read by DDIM / DDPM / PNDM when a user swaps them in: the latents have unit variance, so no [-1, 1] clipping
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+}
 
 # Much smaller networks of the same shape, for tests of the training loop.
 TINY_VAE = {**VAE, "block_out_channels": (8, 16, 16, 16), "norm_num_groups": 8}

@@ -265,7 +265,9 @@ class Trainer:
         shutil.copy(self.out / "log.jsonl", folder / "training_log.jsonl") if (
             self.out / "log.jsonl"
         ).exists() else None
-        (folder / "recipe.json").write_text(json.dumps(dataclasses.asdict(self.recipe), indent=2) + "\n")
+        # the recipe that reproduces these weights: a run stopped early is the same run with fewer UNet steps
+        recipe = dataclasses.replace(self.recipe, unet_steps=self.step) if self.stage == "unet" else self.recipe
+        (folder / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
         return folder
 
 
@@ -290,7 +292,6 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     trainer = Trainer(args.out, recipe, progress=not args.no_progress)
     if args.export_only:
-        trainer._encode_dataset()
         model = trainer.export(args.out / "model")
     else:
         model = trainer.run()

@@ -76,3 +76,30 @@ def test_evaluation_prompts_are_fixed():
     assert len(prompts) == 240 and seeds == list(range(240))
     assert set(prompts) == set(all_captions())
     assert prompts_and_seeds(240) == (prompts, seeds)
+
+
+def test_shipped_model_generates_offline_and_follows_the_prompt():
+    from difframe import Framework
+
+    pipe = Framework().build("stable-diffusion", progress=False)  # no model: the built-in one
+    image = pipe("a red circle on a blue background", seed=7, num_inference_steps=20).images[0]
+    assert image.size == (64, 64)
+    result = score(image, "a red circle on a blue background")
+    assert result["both_colours"], result
+
+
+def test_damaged_shipped_weights_name_the_file(tmp_path):
+    import shutil
+
+    from difframe import Framework
+    from difframe.errors import ModelLoadError
+    from difframe_shapes_model import WEIGHTS
+
+    copy = shutil.copytree(WEIGHTS, tmp_path / "model")
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=r"unet.*diffusion_pytorch_model.safetensors"):
+        Framework().build("stable-diffusion", model=copy)
+    weights.unlink()
+    with pytest.raises(ModelLoadError, match="has no weights file diffusion_pytorch_model.safetensors"):
+        Framework().build("stable-diffusion", model=copy)

@@ -85,7 +85,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.size:
         overrides["width"], overrides["height"] = args.size
     params = params.replace(**{k: v for k, v in overrides.items() if v is not None})
-    if not params.model:
+    default = _default_model_name()
+    if params.model == default:  # a PNG made with the built-in model names it by its folder
+        params = params.replace(model=None)
+    if not params.model and default is None:
         print("error: no model: pass --model FOLDER_OR_HUB_ID", file=sys.stderr)
         return 2
     if args.mask and not args.image:
@@ -99,6 +102,21 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
     return _generate(args, params)
+
+
+def _default_model_name() -> str | None:
+    """The folder name of the text-to-image pipeline's built-in model, if it has one installed."""
+    from pathlib import Path
+
+    from difframe import Framework
+    from difframe.errors import DifframeError
+    from difframe.framework import packaged_folder
+
+    default = Framework().get("pipeline", "stable-diffusion").spec.default_model
+    try:
+        return Path(packaged_folder(default)).name if default else None
+    except DifframeError:
+        return None
 
 
 def _generate(args: argparse.Namespace, params: Any) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from difframe import hookimpl
 
 PACKAGE = "difframe_stable_diffusion"
+BUILT_IN_MODEL = "difframe_shapes_model:difframe-shapes"  # used when build() is given no model
 
 
 @hookimpl
@@ -14,6 +15,7 @@ def register_pipeline(register) -> None:
         factory=f"{PACKAGE}.text_to_image:StableDiffusionPipeline",
         aliases=("txt2img", "text-to-image", "sd"),
         loads=[("diffusers", "StableDiffusionPipeline")],
+        default_model=BUILT_IN_MODEL,
         description="Stable Diffusion 1.x / 2.x text-to-image",
     )
     register(
@@ -21,6 +23,7 @@ def register_pipeline(register) -> None:
         factory=f"{PACKAGE}.image_to_image:StableDiffusionImg2ImgPipeline",
         aliases=("img2img", "image-to-image"),
         loads=[("diffusers", "StableDiffusionImg2ImgPipeline")],
+        default_model=BUILT_IN_MODEL,
         description="Stable Diffusion image-to-image: an init image, noised to `strength`, then denoised",
     )
     register(
@@ -28,6 +31,7 @@ def register_pipeline(register) -> None:
         factory=f"{PACKAGE}.inpaint:StableDiffusionInpaintPipeline",
         aliases=("inpaint", "inpainting"),
         loads=[("diffusers", "StableDiffusionInpaintPipeline")],
+        default_model=BUILT_IN_MODEL,
         description="Stable Diffusion inpainting: plain checkpoints (latent blending) or 9-channel inpainting UNets",
     )
 
