@@ -103,3 +103,11 @@ def test_damaged_shipped_weights_name_the_file(tmp_path):
     weights.unlink()
     with pytest.raises(ModelLoadError, match="has no weights file diffusion_pytorch_model.safetensors"):
         Framework().build("stable-diffusion", model=copy)
+
+
+def test_prompts_outside_the_training_vocabulary_still_generate():
+    from difframe import Framework
+
+    pipe = Framework().build("stable-diffusion", progress=False)
+    out = pipe(["a photograph of an astronaut riding a horse", ""], seed=3, num_inference_steps=4, output_type="np")
+    assert out.images.shape == (2, 64, 64, 3) and np.isfinite(out.images).all()
