@@ -1,6 +1,6 @@
 """VAE speed side by side with the reference library: SD 1.5 VAE architecture, same random weights, same threads.
 
-    .venv/bin/python plugins/vae/bench/vae_speed.py [--size 256] [--repeat 5] [--threads 2]
+    .venv/bin/python bench/vae.py [--size 256] [--repeat 5] [--threads 2]
 
 Prints a markdown table of median wall times (decode, encode, load) and the ratio ours / reference.
 """
