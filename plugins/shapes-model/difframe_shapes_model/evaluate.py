@@ -2,6 +2,7 @@
 
     python -m difframe_shapes_model.evaluate                       # the shipped model, the standard grid
     python -m difframe_shapes_model.evaluate --model runs/x/model --prompts 240 --json out.json
+    python -m difframe_shapes_model.evaluate --model runs/x/snapshots/* --setting dpmpp:20:1 --setting dpmpp:20:7.5
 
 The scorer is checked first on drawn ground-truth images (it must read at least 98% of them right).
 """
@@ -115,16 +116,34 @@ def grid(pipe: Any, path: Path, guidances: tuple[float, ...] = (1.0, 3.0, 7.5), 
     return path
 
 
+def parse_setting(text: str) -> tuple[str, int, float]:
+    """'dpmpp:20:7.5' -> ("dpmpp", 20, 7.5)."""
+    try:
+        sampler, steps, guidance = text.split(":")
+        return sampler, int(steps), float(guidance)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not sampler:steps:guidance, e.g. dpmpp:20:7.5") from None
+
+
+def guidance_gap(rows: list[dict]) -> float | None:
+    """Both-colours-right at guidance 7.5 minus at 1.0, with 20 DPM++ steps: how much guidance adds."""
+    both = {r["guidance"]: r["both_colours"] for r in rows if (r["sampler"], r["steps"]) == ("dpmpp", 20)}
+    return round(both[7.5] - both[1.0], 1) if {1.0, 7.5} <= both.keys() else None
+
+
 def markdown(rows: list[dict]) -> str:
+    by_model = len({r.get("model") for r in rows}) > 1
     lines = [
-        "| sampler | steps | guidance | images | background right | shape colour right | both colours right "
+        ("| model " if by_model else "")
+        + "| sampler | steps | guidance | images | background right | shape colour right | both colours right "
         "| shape kind right | s/image (batched) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ("| --- " if by_model else "") + "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['sampler']} | {r['steps']} | {r['guidance']} | {r['images']} | {r['background']}% | {r['colour']}% "
-            f"| {r['both_colours']}% | {r['shape']}% | {r['seconds_per_image_batched']} |"
+            (f"| {r['model']} " if by_model else "")
+            + f"| {r['sampler']} | {r['steps']} | {r['guidance']} | {r['images']} | {r['background']}% "
+            f"| {r['colour']}% | {r['both_colours']}% | {r['shape']}% | {r['seconds_per_image_batched']} |"
         )
     return "\n".join(lines)
 
@@ -133,7 +152,15 @@ def main(argv: list[str] | None = None) -> None:
     from difframe import Framework
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument(
+        "--model", nargs="+", default=[None], help="model folder(s) (default: the shipped model); several compare them"
+    )
+    parser.add_argument(
+        "--setting",
+        type=parse_setting,
+        action="append",
+        help="sampler:steps:guidance to measure, repeatable (default: the six settings of the model card)",
+    )
     parser.add_argument("--prompts", type=int, default=240, help="images per setting (at least 200 for the report)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--grid", type=Path, default=None, help="write an image grid (PNG) here")
@@ -142,10 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"scorer on 500 drawn ground-truth images: {100 * accuracy:.1f}% read right")
     if accuracy < 0.98:
         raise SystemExit("the scorer reads fewer than 98% of ground-truth images right: its figures mean nothing")
-    pipe = Framework().build("stable-diffusion", model=args.model, progress=False)
-    rows = evaluate(pipe, DEFAULT_SETTINGS, args.prompts)
+    framework, rows = Framework(), []
+    for model in args.model:
+        pipe = framework.build("stable-diffusion", model=model, progress=False)
+        measured = evaluate(pipe, args.setting or DEFAULT_SETTINGS, args.prompts)
+        rows += [{"model": Path(model).name if model else "difframe-shapes", **row} for row in measured]
+        if len(args.model) > 1:
+            print(f"{rows[-1]['model']}: guidance gap {guidance_gap(measured)}", flush=True)
     print(markdown(rows))
-    print(f"\none image, 20 DPM++ steps, guidance 7.5: {time_single_image(pipe):.3f} s (median of 7)")
+    if len(args.model) == 1:
+        print(f"\nguidance gap (both colours right, 20 DPM++ steps, 7.5 minus 1.0): {guidance_gap(rows)} points")
+        print(f"one image, 20 DPM++ steps, guidance 7.5: {time_single_image(pipe):.3f} s (median of 7)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if args.grid:

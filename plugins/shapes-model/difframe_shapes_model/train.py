@@ -5,7 +5,9 @@
 
 Seeded and resumable: every random draw of step n comes from a generator seeded with (seed, stage, n), and a
 checkpoint (written atomically every few minutes) holds the networks, optimisers and EMA weights; run the same
-command again to go on from it. Ends by writing the pipeline folder (fp16 safetensors) to <out>/model.
+command again to go on from it, or with a larger --unet-steps to extend a finished run (the learning rate does not
+depend on the planned length). Ends by writing the pipeline folder (fp16 safetensors) to <out>/model;
+--snapshot-every n also exports <out>/snapshots/unet-<step> every n UNet steps, to choose where to stop.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class Recipe:
     lr: float = 5e-4
     warmup_steps: int = 500
     caption_dropout: float = 0.1
+    # From UNet step caption_noise_from on, this fraction of pairs get another image's caption, as web-scraped
+    # pairs often do: the model then samples from a broad p(image | caption) and needs guidance, as SD does.
+    caption_noise: float = 0.0
+    caption_noise_from: int = 0
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     checkpoint_minutes: float = 5.0
@@ -59,6 +65,19 @@ def _generator(recipe: Recipe, stage: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(recipe.seed * 1_000_003 + STAGES.index(stage) * 100_000_007 + step)
 
 
+def _same_past(saved: dict[str, Any], recipe: Recipe, unet_step: int) -> bool:
+    """Whether `recipe` trains the first `unet_step` UNet steps as the `saved` recipe did. The planned length and a
+    caption-noise phase that has not begun change nothing before them, so a run may be extended with either."""
+
+    def past(values: dict[str, Any]) -> dict[str, Any]:
+        values = {**dataclasses.asdict(Recipe()), **values, "unet_steps": 0}  # fields added later: their defaults
+        if values["caption_noise"] == 0 or values["caption_noise_from"] >= unet_step:
+            values.update(caption_noise=0.0, caption_noise_from=0)
+        return values
+
+    return past(saved) == past(dataclasses.asdict(recipe))
+
+
 def _to_pixels(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
@@ -68,13 +87,13 @@ def _edges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Trainer:
-    def __init__(self, out: Path, recipe: Recipe, progress: bool = True) -> None:
+    def __init__(self, out: Path, recipe: Recipe, progress: bool = True, snapshot_every: int = 0) -> None:
         from difframe_clip.vocab import write_tokenizer_folder
         from difframe_sd_unet.unet import UNet2DConditionModel
         from difframe_vae.autoencoder_kl import AutoencoderKL
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-        self.out, self.recipe, self.progress = out, recipe, progress
+        self.out, self.recipe, self.progress, self.snapshot_every = out, recipe, progress, snapshot_every
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(recipe.seed)
         vae_config, unet_config, text_config = configs(recipe.tiny)
@@ -116,10 +135,16 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             return
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        if state["recipe"] != dataclasses.asdict(self.recipe):
+        if not _same_past(state["recipe"], self.recipe, state["step"] if state["stage"] != "vae" else 0):
             raise ValueError(
                 f"{self.checkpoint_path} was written with another recipe ({state['recipe']}); use another --out "
                 "folder or delete the checkpoint to start over"
+            )
+        if state["stage"] != "vae" and state["step"] > self.recipe.unet_steps:
+            raise ValueError(
+                f"{self.checkpoint_path} is already at UNet step {state['step']}, past --unet-steps "
+                f"{self.recipe.unet_steps}; a run cannot go back: export a snapshot (--snapshot-every) or use another "
+                "--out folder"
             )
         self.vae.load_state_dict(state["vae"])
         self.unet.load_state_dict(state["unet"])
@@ -129,6 +154,22 @@ class Trainer:
         for mine, saved in zip(self.ema, state["ema"]):
             mine.copy_(saved)
         self.stage, self.step, self.scaling_factor = state["stage"], state["step"], state["scaling_factor"]
+        if self.stage == "done" and self.step < self.recipe.unet_steps:
+            self.stage = "unet"
+        self._forget_log_after_checkpoint()
+
+    def _forget_log_after_checkpoint(self) -> None:
+        """Drop log rows written after the checkpoint: those steps run again, and would be logged twice."""
+        log = self.out / "log.jsonl"
+        if not log.is_file():
+            return
+        here = (STAGES.index(self.stage), self.step)
+        rows = [line for line in log.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if (STAGES.index(json.loads(line)["stage"]), json.loads(line)["step"]) <= here]
+        if len(kept) < len(rows):
+            partial = log.with_suffix(".jsonl.partial")
+            partial.write_text("".join(line + "\n" for line in kept))
+            os.replace(partial, log)
 
     def save_checkpoint(self) -> None:
         state = {
@@ -181,6 +222,8 @@ class Trainer:
                 self.log(loss=round(sum(window) / len(window), 5))
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
                 window = []
+            if self.stage == "unet" and self.snapshot_every and self.step % self.snapshot_every == 0:
+                self.export(self.out / "snapshots" / f"unet-{self.step:05d}")
             if time.monotonic() - last_save > self.recipe.checkpoint_minutes * 60:
                 self.save_checkpoint()
                 last_save = time.monotonic()
@@ -229,6 +272,11 @@ class Trainer:
         ids[dropped] = self.empty_ids
         timesteps = torch.randint(0, 1000, (batch,), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
+        if self.recipe.caption_noise and self.step >= self.recipe.caption_noise_from:
+            # drawn after everything else, so the clean steps before this phase draw exactly what they always did
+            mismatched = (torch.rand(batch, generator=generator) < self.recipe.caption_noise) & ~dropped
+            others = torch.randint(len(self.ids), (batch,), generator=generator)
+            ids[mismatched] = self.ids[others[mismatched]]
         alpha = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
         context = self.text_encoder(ids).last_hidden_state
@@ -279,6 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--export-only", action="store_true", help="write <out>/model from the last checkpoint, without training"
     )
+    parser.add_argument(
+        "--snapshot-every", type=int, default=0, help="also export <out>/snapshots/unet-<step> every n UNet steps"
+    )
     for field in dataclasses.fields(Recipe):
         flag = "--" + field.name.replace("_", "-")
         if field.type in ("bool", bool):
@@ -290,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
     if args.threads:
         torch.set_num_threads(args.threads)
-    trainer = Trainer(args.out, recipe, progress=not args.no_progress)
+    trainer = Trainer(args.out, recipe, progress=not args.no_progress, snapshot_every=args.snapshot_every)
     if args.export_only:
         model = trainer.export(args.out / "model")
     else:

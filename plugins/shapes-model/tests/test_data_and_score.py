@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 from difframe_shapes_model.data import PALETTE, SHAPES, all_captions, draw, make_dataset, random_scene
-from difframe_shapes_model.evaluate import check_scorer, prompts_and_seeds
+from difframe_shapes_model.evaluate import check_scorer, guidance_gap, markdown, parse_setting, prompts_and_seeds
 from difframe_shapes_model.score import parse_prompt, read, score
 from PIL import Image, ImageFilter
 
@@ -111,3 +113,19 @@ def test_prompts_outside_the_training_vocabulary_still_generate():
     pipe = Framework().build("stable-diffusion", progress=False)
     out = pipe(["a photograph of an astronaut riding a horse", ""], seed=3, num_inference_steps=4, output_type="np")
     assert out.images.shape == (2, 64, 64, 3) and np.isfinite(out.images).all()
+
+
+def test_evaluation_settings_and_the_guidance_gap():
+    assert parse_setting("dpmpp:20:7.5") == ("dpmpp", 20, 7.5)
+    with pytest.raises(argparse.ArgumentTypeError, match="sampler:steps:guidance"):
+        parse_setting("dpmpp:20")
+    row = {"images": 240, "background": 99.0, "colour": 95.0, "shape": 90.0, "seconds_per_image_batched": 0.07}
+    rows = [
+        {"model": "unet-02000", **row, "sampler": "dpmpp", "steps": 20, "guidance": 1.0, "both_colours": 50.0},
+        {"model": "unet-02000", **row, "sampler": "dpmpp", "steps": 20, "guidance": 7.5, "both_colours": 85.5},
+        {"model": "unet-04000", **row, "sampler": "ddim", "steps": 20, "guidance": 7.5, "both_colours": 90.0},
+    ]
+    assert guidance_gap(rows[:2]) == 35.5
+    assert guidance_gap(rows[1:]) is None  # no unguided row to compare with
+    table = markdown(rows).splitlines()
+    assert table[0].startswith("| model | sampler") and table[2].startswith("| unet-02000 | dpmpp | 20 | 1.0 |")
