@@ -163,9 +163,13 @@ class Trainer:
         log = self.out / "log.jsonl"
         if not log.is_file():
             return
-        here = (STAGES.index(self.stage), self.step)
+
+        def position(line: str) -> tuple[int, int]:
+            row = json.loads(line)
+            return STAGES.index(row["stage"]), row["step"]
+
         rows = [line for line in log.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if (STAGES.index(json.loads(line)["stage"]), json.loads(line)["step"]) <= here]
+        kept = [line for line in rows if position(line) <= (STAGES.index(self.stage), self.step)]
         if len(kept) < len(rows):
             partial = log.with_suffix(".jsonl.partial")
             partial.write_text("".join(line + "\n" for line in kept))

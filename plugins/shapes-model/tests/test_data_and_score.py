@@ -98,7 +98,7 @@ def test_shipped_model_generates_offline_and_follows_the_prompt():
 
 
 def test_guidance_visibly_works_on_the_shipped_model():
-    """Unguided, the model follows its prompt about half the time (as Stable Diffusion does); guidance fixes that."""
+    """Unguided, the model follows its prompt poorly (as Stable Diffusion does); guidance fixes that."""
     from difframe import Framework
 
     pipe = Framework().build("stable-diffusion", progress=False)
