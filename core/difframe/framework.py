@@ -117,7 +117,8 @@ class Framework:
         return self.create("scheduler", name, config, **overrides)
 
     def build(self, pipeline: str, /, model: Any = None, **options: Any) -> Any:
-        """Build a registered pipeline from a model folder or hub id (or the pipeline's default model).
+        """Build a registered pipeline from a model folder or hub id (or the pipeline's default model, with the
+        build options its registration gives that model unless ``options`` set them).
 
         Options are passed to the pipeline's ``from_pretrained``: components by name or instance
         (``scheduler="dpmpp"``), ``attention``, ``device``, ``torch_dtype``/``dtype``, ``variant`` and hub options.
@@ -126,6 +127,7 @@ class Framework:
         pipeline_class = self.load_factory(registration)
         if model is None and registration.spec.default_model is not None:
             model = packaged_folder(registration.spec.default_model)
+            options = {**registration.spec.default_model_options, **options}
         if model is None:
             raise ValueError(f"pipeline {registration.name!r} has no default model; pass model='<folder or hub id>'")
         if "dtype" in options:

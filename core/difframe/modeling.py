@@ -89,6 +89,20 @@ class ModelMixin(nn.Module, ConfigMixin):
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = value
 
+    # --- CPU inference ------------------------------------------------------------------------------------------
+    def enable_prepacked_convolutions(self) -> None:
+        """Inference on the CPU in float32 reuses each convolution's weight reordered once for oneDNN instead of
+        reordering it on every call: faster where feature maps are small. Training and other devices are unchanged.
+        """
+        from .prepacking import prepack_convolutions
+
+        prepack_convolutions(self, True)
+
+    def disable_prepacked_convolutions(self) -> None:
+        from .prepacking import prepack_convolutions
+
+        prepack_convolutions(self, False)
+
     # --- attention ----------------------------------------------------------------------------------------------
     def set_attention(self, processor: Any, framework: Any = None, **options: Any) -> None:
         """Choose the attention of every attention module, or per module with ``{module_name: processor}``.

@@ -91,6 +91,9 @@ class AttentionProcessorSpec(ComponentSpec):
 class PipelineSpec(ComponentSpec):
     kind: ClassVar[str] = "pipeline"
     default_model: str | None = Field(default=None, description="model reference used when build() gets none")
+    default_model_options: dict[str, Any] = Field(
+        default_factory=dict, description="build options for the default model; those build() is given win"
+    )
 
 
 SPEC_TYPES: dict[str, type[ComponentSpec]] = {

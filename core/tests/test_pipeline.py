@@ -225,8 +225,19 @@ def test_default_model_inside_an_installed_package(saved, tmp_path, monkeypatch)
             )
             register(name="toy-missing", factory="difframe.testing:ToyPipeline", default_model="absent_pkg_xyz:weights")
 
+            register(
+                name="toy-quiet",
+                factory="difframe.testing:ToyPipeline",
+                default_model="toy_weights_pkg:weights",
+                default_model_options={"progress": False},
+            )
+
     framework = Framework(plugins=[ToyPlugin(), Plugin()])
     pipe = framework.build("toy-default")
     torch.testing.assert_close(pipe(steps=2), make_toy_pipeline()(steps=2), rtol=0, atol=0)
+    # the registration's options for its default model apply, unless build() is given them
+    assert framework.build("toy-quiet")._progress_options == {"disable": True}
+    assert framework.build("toy-quiet", progress=True)._progress_options == {}
+    assert framework.build("toy-quiet", model=saved)._progress_options == {}  # not for another model
     with pytest.raises(ModelLoadError, match="lives in the package 'absent_pkg_xyz', which is not installed"):
         framework.build("toy-missing")

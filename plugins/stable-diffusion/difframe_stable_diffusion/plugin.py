@@ -6,6 +6,8 @@ from difframe import hookimpl
 
 PACKAGE = "difframe_stable_diffusion"
 BUILT_IN_MODEL = "difframe_shapes_model:difframe-shapes"  # used when build() is given no model
+# its 8x8 latents make oneDNN's per-call weight reorders cost as much as the convolutions themselves
+BUILT_IN_OPTIONS = {"prepacked_convolutions": "auto"}
 
 
 @hookimpl
@@ -16,6 +18,7 @@ def register_pipeline(register) -> None:
         aliases=("txt2img", "text-to-image", "sd"),
         loads=[("diffusers", "StableDiffusionPipeline")],
         default_model=BUILT_IN_MODEL,
+        default_model_options=BUILT_IN_OPTIONS,
         description="Stable Diffusion 1.x / 2.x text-to-image",
     )
     register(
@@ -24,6 +27,7 @@ def register_pipeline(register) -> None:
         aliases=("img2img", "image-to-image"),
         loads=[("diffusers", "StableDiffusionImg2ImgPipeline")],
         default_model=BUILT_IN_MODEL,
+        default_model_options=BUILT_IN_OPTIONS,
         description="Stable Diffusion image-to-image: an init image, noised to `strength`, then denoised",
     )
     register(
@@ -32,6 +36,7 @@ def register_pipeline(register) -> None:
         aliases=("inpaint", "inpainting"),
         loads=[("diffusers", "StableDiffusionInpaintPipeline")],
         default_model=BUILT_IN_MODEL,
+        default_model_options=BUILT_IN_OPTIONS,
         description="Stable Diffusion inpainting: plain checkpoints (latent blending) or 9-channel inpainting UNets",
     )
 
