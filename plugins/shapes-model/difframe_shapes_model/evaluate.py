@@ -3,6 +3,7 @@
     python -m difframe_shapes_model.evaluate                       # the shipped model, the standard grid
     python -m difframe_shapes_model.evaluate --model runs/x/model --prompts 240 --json out.json
     python -m difframe_shapes_model.evaluate --model runs/x/snapshots/* --setting dpmpp:20:1 --setting dpmpp:20:7.5
+    python -m difframe_shapes_model.evaluate --time-only           # only the time of one image, 21 runs
 
 The scorer is checked first on drawn ground-truth images (it must read at least 98% of them right).
 """
@@ -82,15 +83,27 @@ def evaluate(pipe: Any, settings: list[tuple[str, int, float]], count: int, batc
     return rows
 
 
-def time_single_image(pipe: Any, repeat: int = 7) -> float:
-    """Median wall time of one 64x64 image, 20 DPM++ steps, guidance 7.5, batch of one."""
+def time_single_image(pipe: Any, repeat: int = 21) -> dict[str, float]:
+    """Wall time of one 64x64 image (20 DPM++ steps, guidance 7.5, batch of one): median, 10th and 90th percentile.
+
+    A shared machine's speed drifts with its neighbours' load, so one median of a few runs is not enough.
+    """
     pipe.set_scheduler("dpmpp")
+    pipe("a red circle on a blue background", seed=0, num_inference_steps=20, guidance_scale=7.5)  # warm-up
     times = []
     for seed in range(repeat):
         started = time.perf_counter()
         pipe("a red circle on a blue background", seed=seed, num_inference_steps=20, guidance_scale=7.5)
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    deciles = statistics.quantiles(times, n=10)
+    return {"median": statistics.median(times), "p10": deciles[0], "p90": deciles[-1], "runs": repeat}
+
+
+def describe_timing(timing: dict[str, float]) -> str:
+    return (
+        f"one image, 20 DPM++ steps, guidance 7.5, batch of one: median {timing['median']:.3f} s "
+        f"(10th-90th percentile {timing['p10']:.3f}-{timing['p90']:.3f} s, {timing['runs']} runs)"
+    )
 
 
 def grid(pipe: Any, path: Path, guidances: tuple[float, ...] = (1.0, 3.0, 7.5), columns: int = 8) -> Path:
@@ -164,14 +177,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=240, help="images per setting (at least 200 for the report)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--grid", type=Path, default=None, help="write an image grid (PNG) here")
+    parser.add_argument("--time-only", action="store_true", help="only time one image (21 runs); no scoring")
     args = parser.parse_args(argv)
+    framework, rows = Framework(), []
+    if args.time_only:
+        for model in args.model:
+            pipe = framework.build("stable-diffusion", model=model, progress=False, prepacked_convolutions="auto")
+            print(f"{model or 'difframe-shapes'}: {describe_timing(time_single_image(pipe))}")
+        return
     accuracy = check_scorer()
     print(f"scorer on 500 drawn ground-truth images: {100 * accuracy:.1f}% read right")
     if accuracy < 0.98:
         raise SystemExit("the scorer reads fewer than 98% of ground-truth images right: its figures mean nothing")
-    framework, rows = Framework(), []
     for model in args.model:
-        pipe = framework.build("stable-diffusion", model=model, progress=False)
+        pipe = framework.build("stable-diffusion", model=model, progress=False, prepacked_convolutions="auto")
         measured = evaluate(pipe, args.setting or DEFAULT_SETTINGS, args.prompts)
         rows += [{"model": Path(model).name if model else "difframe-shapes", **row} for row in measured]
         if len(args.model) > 1:
@@ -179,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(rows))
     if len(args.model) == 1:
         print(f"\nguidance gap (both colours right, 20 DPM++ steps, 7.5 minus 1.0): {guidance_gap(rows)} points")
-        print(f"one image, 20 DPM++ steps, guidance 7.5: {time_single_image(pipe):.3f} s (median of 7)")
+        print(describe_timing(time_single_image(pipe)))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if args.grid:

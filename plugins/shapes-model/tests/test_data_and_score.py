@@ -9,11 +9,13 @@ import pytest
 from difframe_shapes_model.data import PALETTE, SHAPES, all_captions, draw, make_dataset, random_scene
 from difframe_shapes_model.evaluate import (
     check_scorer,
+    describe_timing,
     evaluate,
     guidance_gap,
     markdown,
     parse_setting,
     prompts_and_seeds,
+    time_single_image,
 )
 from difframe_shapes_model.score import parse_prompt, read, score
 from PIL import Image, ImageFilter
@@ -95,6 +97,32 @@ def test_shipped_model_generates_offline_and_follows_the_prompt():
     assert image.size == (64, 64)
     result = score(image, "a red circle on a blue background")
     assert result["both_colours"], result
+
+
+def test_the_built_in_model_runs_with_prepacked_convolutions():
+    """Its 8x8 latents are where prepacking pays; the images are those of plain convolutions."""
+    from difframe import Framework
+    from difframe.prepacking import prepacking_available, uses_prepacked_convolutions
+
+    fast = Framework().build("stable-diffusion", progress=False)
+    plain = Framework().build("stable-diffusion", progress=False, prepacked_convolutions=False)
+    assert not uses_prepacked_convolutions(plain.unet) and not uses_prepacked_convolutions(plain.vae)
+    if not prepacking_available():
+        pytest.skip("this torch build has no oneDNN CPU operators: the built-in model runs plain convolutions")
+    assert uses_prepacked_convolutions(fast.unet) and uses_prepacked_convolutions(fast.vae)
+    kwargs = dict(seed=5, num_inference_steps=8, output_type="np")
+    np.testing.assert_allclose(fast("a red circle", **kwargs).images, plain("a red circle", **kwargs).images, atol=1e-4)
+    with pytest.raises(ValueError, match="prepacked_convolutions must be True, False or 'auto'"):
+        Framework().build("stable-diffusion", prepacked_convolutions="yes")
+
+
+def test_timing_one_image_reports_its_spread():
+    from difframe import Framework
+
+    pipe = Framework().build("stable-diffusion", progress=False)
+    timing = time_single_image(pipe, repeat=3)
+    assert 0 < timing["p10"] <= timing["median"] <= timing["p90"] and timing["runs"] == 3
+    assert "median" in describe_timing(timing) and "3 runs" in describe_timing(timing)
 
 
 def test_guidance_visibly_works_on_the_shipped_model():
