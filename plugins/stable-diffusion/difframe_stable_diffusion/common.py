@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from difframe.attention import build_processor, resolve_backend_name, set_attention
 from difframe.pipeline import Component, DiffusionPipeline
-from difframe.prepacking import prepacking_available
+from difframe.prepacking import prepack_convolutions, prepacking_available
 
 from .batching import (
     ImageJob,
@@ -226,12 +226,12 @@ class StableDiffusionBase(DiffusionPipeline):
         """CPU inference in float32 reuses the UNet's and VAE's convolution weights reordered once for oneDNN: a
         faster step where latents are small (the built-in model's are 8x8), one more copy of those weights in memory.
         """
-        for model in (self.unet, self.vae):
-            model.enable_prepacked_convolutions()
+        for model in (self.unet, self.vae):  # any torch module: a plugin's model need not be a ModelMixin
+            prepack_convolutions(model, True)
 
     def disable_prepacked_convolutions(self) -> None:
         for model in (self.unet, self.vae):
-            model.disable_prepacked_convolutions()
+            prepack_convolutions(model, False)
 
     def enable_model_cpu_offload(self, device: str | torch.device | None = None) -> None:
         """Keep every model in CPU memory and move each to ``device`` only while it runs (text encoder, then UNet,
