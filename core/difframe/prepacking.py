@@ -22,9 +22,10 @@ def prepacking_available() -> bool:
     """Whether this torch build's oneDNN operators that prepacking uses exist and agree with ``F.conv2d``."""
     if not torch.backends.mkldnn.is_available():
         return False
-    generator = torch.Generator().manual_seed(0)
-    probe = PrepackedConv2d(3, 4, 3, padding=1)
-    x = torch.randn(1, 3, 5, 5, generator=generator)
+    with torch.random.fork_rng(devices=[]):  # a module's init draws from the global RNG: leave the caller's alone
+        torch.manual_seed(0)
+        probe = PrepackedConv2d(3, 4, 3, padding=1)
+        x = torch.randn(1, 3, 5, 5)
     try:  # the operators are internal to torch: check that this build's versions still behave as expected
         with torch.no_grad():
             return torch.allclose(probe(x), F.conv2d(x, probe.weight, probe.bias, padding=1), atol=1e-5)
