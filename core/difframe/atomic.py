@@ -10,10 +10,15 @@ import re
 import shutil
 import sys
 import tempfile
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import DifframeError
+
 _RENAME_EXCHANGE = 2  # linux/fs.h
+STALE_AFTER_S = 10.0  # a staging folder younger than this may belong to a save that has not locked it yet
 
 
 def _umask() -> int:
@@ -72,55 +77,151 @@ def _weights_stem(name: str) -> str | None:
     return re.sub(r"-\d{5}-of-\d{5}", "", name[: -len(suffix)])
 
 
-def _carry_over(target: Path, staging: Path) -> None:
-    """Keep files of ``target`` that this save does not write (a README, other folders), by hard link.
+def _is_stale_weights(name: str, written: set[str | None]) -> bool:
+    stem = _weights_stem(name)
+    return stem is not None and stem in written
 
-    Weights files named like the ones just written (an older sharding or variant) are stale and not kept.
+
+def _carry_over(target: Path, staging: Path) -> None:
+    """Keep what ``target`` holds that this save does not write: other files (by hard link), folders (empty ones
+    too) and symlinks (as symlinks, never followed). Weights files named like the ones just written (an older
+    sharding or variant) are stale and not kept.
     """
-    for source in sorted(target.rglob("*")):
-        relative = source.relative_to(target)
-        destination = staging / relative
-        if destination.exists() or source.is_dir():
-            continue
-        written_stems = (
-            {_weights_stem(p.name) for p in destination.parent.glob("*") if p.is_file()}
-            if destination.parent.exists()
-            else set()
+    written = {_weights_stem(p.name) for p in staging.iterdir() if p.is_file() and not p.is_symlink()}
+    for source in sorted(target.iterdir()):
+        destination = staging / source.name
+        if source.is_symlink():
+            if not os.path.lexists(destination):
+                os.symlink(os.readlink(source), destination)
+        elif source.is_dir():
+            if destination.is_dir() and not destination.is_symlink():
+                _carry_over(source, destination)
+            elif not os.path.lexists(destination):
+                destination.mkdir()
+                shutil.copystat(source, destination)
+                _carry_over(source, destination)
+        elif not os.path.lexists(destination) and not _is_stale_weights(source.name, written):
+            try:
+                os.link(source, destination)
+            except OSError:
+                shutil.copy2(source, destination)
+
+
+class SaveTargetError(DifframeError, OSError):
+    """The place a save was asked to write is not a folder it may replace."""
+
+
+def _real_target(target: Path) -> Path:
+    """Where to save: ``target`` itself, or the folder a symlink at ``target`` points to (with a warning)."""
+    if target.is_symlink():
+        real = target.resolve()
+        if not real.is_dir():
+            what = "a missing path" if not real.exists() else "a file"
+            raise SaveTargetError(
+                f"{target} is a symlink to {what} ({real}), not to a folder: refused to save there. Remove the link "
+                "or save to a folder."
+            )
+        warnings.warn(f"{target} is a symlink: saving into the folder it points to, {real}", stacklevel=3)
+        return real
+    if target.exists() and not target.is_dir():
+        raise SaveTargetError(
+            f"{target} is a file, not a folder: refused to replace it with a saved model. Move the file away or "
+            "choose another folder."
         )
-        stem = _weights_stem(source.name)
-        if stem is not None and stem in written_stems:
+    return target
+
+
+def _staging_name(target: Path) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(target.name)}\.[^/]+\.saving")
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks on folders; treat every staging folder as in use
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _previous(target: Path) -> Path:
+    return target.with_name(f".{target.name}.previous")
+
+
+def clean_stale_saves(target: str | os.PathLike[str], min_age_s: float | None = None) -> list[Path]:
+    """Remove what killed saves of ``target`` left beside it, and bring back a previous copy that a kill between
+    the two renames of the fallback swap left hidden. A staging folder is stale when no process holds its lock
+    (the lock dies with its process) and it is older than ``min_age_s``. Returns the removed folders.
+    """
+    target = Path(target).absolute()
+    min_age_s = STALE_AFTER_S if min_age_s is None else min_age_s
+    previous = _previous(target)
+    if previous.is_dir() and not os.path.lexists(target):
+        os.rename(previous, target)
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    pattern = _staging_name(target)
+    now = time.time()
+    candidates = [p for p in target.parent.iterdir() if pattern.fullmatch(p.name)]
+    if previous.is_dir():
+        candidates.append(previous)
+    for folder in candidates:
+        if folder.is_symlink() or not folder.is_dir() or now - folder.stat().st_mtime < min_age_s:
             continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
         try:
-            os.link(source, destination)
-        except OSError:
-            shutil.copy2(source, destination)
+            if _try_lock(fd):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _swap(staging: Path, target: Path) -> None:
+    """Put ``staging`` at ``target``; the previous ``target`` ends up at ``staging``."""
+    if _exchange(staging, target):
+        return
+    # No atomic exchange here: two renames. A kill between them leaves the previous copy at .<name>.previous,
+    # which the next save of this target (clean_stale_saves) puts back.
+    previous = _previous(target)
+    shutil.rmtree(previous, ignore_errors=True)
+    os.rename(target, previous)
+    os.rename(staging, target)
+    os.rename(previous, staging)
 
 
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces ``target`` whole, on error it is discarded.
 
-    Whatever happens inside the block, ``target`` is either the previous folder, untouched, or the new one.
+    Whatever happens inside the block, ``target`` is either the previous folder, untouched, or the new one. Files
+    and folders of the previous folder that the save does not write are kept. A symlink to a folder is followed
+    (with a warning); a file or any other symlink at ``target`` is refused. Staging folders left by killed saves are
+    removed by the next save of the same target.
     """
-    target = Path(target).absolute()
+    target = _real_target(Path(target).absolute())
     target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_saves(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".saving", dir=target.parent))
+    lock = os.open(staging, os.O_RDONLY)
     try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _normal_permissions(staging)
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    _carry_over(target, staging)
-    if _exchange(staging, target):
+        _try_lock(lock)
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _normal_permissions(staging)
+        if not os.path.lexists(target):
+            os.rename(staging, target)
+            return
+        _carry_over(target, staging)
+        _swap(staging, target)
         shutil.rmtree(staging, ignore_errors=True)  # now holds the previous contents
-        return
-    previous = target.with_name(f".{target.name}.previous")
-    shutil.rmtree(previous, ignore_errors=True)
-    os.rename(target, previous)
-    os.rename(staging, target)
-    shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        os.close(lock)

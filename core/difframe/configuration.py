@@ -159,9 +159,12 @@ class ConfigMixin:
     def load_config(cls, folder: str | os.PathLike[str], *, subfolder: str | None = None, **hub: Any) -> dict:
         """Read ``config_name`` from a folder (or hub id), returning the raw dict."""
         from .hub import resolve
+        from .paths import check_subfolder, contained
 
-        root = resolve(folder, allow_patterns=[f"{subfolder + '/' if subfolder else ''}{cls.config_name}"], **hub)
-        path = root / subfolder / cls.config_name if subfolder else root / cls.config_name
+        check_subfolder(subfolder)
+        relative = f"{subfolder + '/' if subfolder else ''}{cls.config_name}"
+        root = resolve(folder, allow_patterns=[relative], **hub)
+        path = contained(root, relative, named_by=f"{cls.__name__}.load_config")
         if not path.is_file():
             raise ModelLoadError(f"{path} not found: a {cls.__name__} folder needs a {cls.config_name}")
         try:

@@ -151,7 +151,10 @@ class ModelMixin(nn.Module, ConfigMixin):
     ) -> M:
         """Load from a folder (or hub id): build on the meta device, then take the weights memory-mapped."""
         from .hub import resolve, weight_patterns
+        from .paths import check_subfolder, check_variant, contained
 
+        check_subfolder(subfolder)
+        check_variant(variant)
         prefix = f"{subfolder}/" if subfolder else ""
         root = resolve(
             reference,
@@ -161,7 +164,7 @@ class ModelMixin(nn.Module, ConfigMixin):
             local_files_only=local_files_only,
             token=token,
         )
-        folder = root / subfolder if subfolder else root
+        folder = contained(root, subfolder, named_by="subfolder") if subfolder else root
         config = cls.load_config(folder)
         files = find_weights(folder, cls.weights_name, variant, allow_pickle)
         with parameters_on_meta():

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+import pickletools
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from .errors import ModelLoadError
+from .paths import allowed_roots, check_variant, contained, is_inside
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
 
@@ -23,7 +27,23 @@ def with_variant(filename: str, variant: str | None) -> str:
 
 
 def find_weights(folder: Path, weights_name: str, variant: str | None, allow_pickle: bool) -> list[Path]:
-    """The weights files of one model folder, shards in order; raise ModelLoadError with what to do."""
+    """The weights files of one model folder, shards in order; raise ModelLoadError with what to do.
+
+    Every file, including the shards an index names, must resolve inside ``folder`` (see difframe.paths).
+    """
+    check_variant(variant)
+    files = _find(folder, weights_name, variant, allow_pickle)
+    roots = allowed_roots(folder)
+    for path in files:
+        if not is_inside(path, roots):
+            raise ModelLoadError(
+                f"{path} is a symlink that leads outside the model folder {folder} (to {path.resolve()}): refused, "
+                "since loading it would read files the model does not own. Copy the weights into the model folder."
+            )
+    return files
+
+
+def _find(folder: Path, weights_name: str, variant: str | None, allow_pickle: bool) -> list[Path]:
     safetensors_name = with_variant(weights_name, variant)
     index = folder / f"{safetensors_name}.index.json"
     if index.is_file():
@@ -58,11 +78,14 @@ def _shards(index: Path) -> list[Path]:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ModelLoadError(f"{index} is not a valid sharded-weights index ({error})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ModelLoadError(f"{index}: weight_map must map tensor names to shard file names")
     files = sorted(set(weight_map.values()))
-    missing = [name for name in files if not (index.parent / name).is_file()]
+    paths = [contained(index.parent, name, named_by=f"sharded-weights index {index}") for name in files]
+    missing = [name for name, path in zip(files, paths) if not path.is_file()]
     if missing:
         raise ModelLoadError(f"{index} names shards that are missing: {', '.join(missing)}")
-    return [index.parent / name for name in files]
+    return paths
 
 
 def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -75,12 +98,14 @@ def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
         try:
             if path.suffix == ".safetensors":
                 state.update(load_file(path, device="cpu"))
-            else:
-                state.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            else:  # torch maps only its zip format into memory; the legacy format (torch < 1.6) is read whole
+                mmap = zipfile.is_zipfile(path)
+                state.update(torch.load(path, map_location="cpu", weights_only=True, mmap=mmap))
         except pickle.UnpicklingError as error:
             raise ModelLoadError(
-                f"refused to load {path}: the pickle holds objects other than tensors, which could run code "
-                f"({str(error).splitlines()[-1].strip()}). Convert the checkpoint to safetensors where you trust it."
+                f"refused to load {path}: it is not a plain weights checkpoint ({_refusal_reason(path, error)}). "
+                "Unpickling it could run code, so the weights-only loader stops. Convert the checkpoint to "
+                "safetensors where you trust its source, or ask its author for a safetensors file."
             ) from None
         except (SafetensorError, RuntimeError, OSError, EOFError) as error:
             raise ModelLoadError(
@@ -88,6 +113,43 @@ def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
                 "again."
             ) from None
     return state
+
+
+def _refusal_reason(path: Path, error: Exception) -> str:
+    """What the weights-only loader objected to: the code a pickle would call, or torch's own detail."""
+    called = _pickle_globals(path)
+    if called:
+        return "it would call " + ", ".join(called[:5])
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "Re-running")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith(boilerplate)]
+    detail = (lines[-1] if lines else "").removeprefix("WeightsUnpickler error:").strip()
+    return detail or "the weights-only loader refused it"
+
+
+def _pickle_globals(path: Path, limit: int = 1 << 20) -> list[str]:
+    """Callables named by the first pickle of a legacy-format (non-zip) file, read without running it."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            data = archive.read(name)[:limit] if name else b""
+    else:
+        data = path.read_bytes()[:limit]
+    found: list[str] = []
+    strings: list[str] = []
+    stream = io.BytesIO(data)
+    try:
+        while stream.tell() < len(data):
+            for opcode, argument, _ in pickletools.genops(stream):
+                if opcode.name in ("GLOBAL", "INST"):
+                    found.append(str(argument).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(argument, str):
+                    strings.append(argument)
+    except Exception:  # a truncated or non-pickle tail: report what was read
+        pass
+    harmless = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "numpy.")
+    return sorted({name for name in found if not name.startswith(harmless)})
 
 
 def write_state_dict(
