@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .hookspecs import hookimpl
 from .specs import (
     AttentionProcessorSpec,
+    BackendSpec,
     ConditionerSpec,
     ModelSpec,
     PipelineSpec,
@@ -51,6 +52,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AttentionProcessorSpec",
+    "BackendSpec",
     "Component",
     "ConditionerSpec",
     "ConfigMixin",

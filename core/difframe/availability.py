@@ -41,7 +41,7 @@ def unavailable_reason(requires: Requirements) -> str | None:
     """None when the requirements are met, else a short reason a user can act on."""
     missing = [package for package in requires.packages if not _package_present(package)]
     if missing:
-        return f"package {', '.join(missing)} not installed"
+        return f"package {', '.join(missing)} not installed" + (f" ({requires.install})" if requires.install else "")
     if requires.cuda:
         return cuda_unavailable_reason()
     return None

@@ -28,3 +28,19 @@ def register_attention_processor(register) -> None:
         priority=-10,
         description="plain float32 softmax(QK^T)V: slow, the yardstick the others are tested against",
     )
+
+
+@hookimpl
+def register_backend(register) -> None:
+    register(
+        name="eager",
+        factory="difframe.backends:EagerBackend",
+        aliases=("pytorch", "torch"),
+        description="PyTorch as it is: every hook and add-on runs (the default)",
+    )
+    register(
+        name="torch-compile",
+        factory="difframe.backends:TorchCompileBackend",
+        aliases=("compile", "inductor"),
+        description="torch.compile on the UNet and VAE decoder (compile=True); first calls compile",
+    )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import ModelLoadError, PluginError, UnavailableError, UnknownComponentError
+from .errors import DifframeError, ModelLoadError, PluginError, UnavailableError, UnknownComponentError
 from .plugins import PluginInfo, load_plugins
 from .registry import Problem, Registration
 
@@ -70,6 +71,10 @@ class Framework:
     def attention_processors(self) -> list[str]:
         return self.registry.names("attention_processor")
 
+    @property
+    def backends(self) -> list[str]:
+        return self.registry.names("backend")
+
     def get(self, kind: str, name: str) -> Registration:
         try:
             return self.registry.get(kind, name)
@@ -82,6 +87,22 @@ class Framework:
             raise
 
     # --- building -----------------------------------------------------------------------------------------------
+    def first_working(self, candidates: list[Registration]) -> tuple[Registration, Any]:
+        """The first registration whose factory imports and can run here, with the factory. A broken provider
+        never replaces a working one: its failure is recorded (``problems``, `difframe plugins`) and warned about,
+        and the next provider of the same name or layout class is used."""
+        failures: list[DifframeError] = []
+        for registration in candidates:
+            try:
+                factory = self.load_factory(registration)
+            except (PluginError, UnavailableError) as error:
+                failures.append(error)
+                continue
+            for error in failures:
+                warnings.warn(f"{error}; using plugin {registration.plugin!r} instead", stacklevel=3)
+            return registration, factory
+        raise failures[0]
+
     def load_factory(self, registration: Registration) -> Any:
         """Import a registration's factory, checking first that it can run here."""
         reason = registration.unavailable_reason
@@ -95,17 +116,26 @@ class Framework:
             target: Any = importlib.import_module(module_name)
             for part in attribute.split("."):
                 target = getattr(target, part)
-        except Exception as error:
-            raise PluginError(
+        except (Exception, SystemExit) as error:
+            message = (
                 f"plugin {registration.plugin!r} registers {registration.kind} {registration.name!r} with factory "
                 f"{registration.spec.factory!r}, which failed to import: {type(error).__name__}: {error}"
-            ) from error
+            )
+            self._record_problem(Problem(registration.plugin, "factory", message))
+            raise PluginError(message) from error
         return target
+
+    def _record_problem(self, problem: Problem) -> None:
+        if problem in self.registry.problems:
+            return
+        self.registry.problems.append(problem)
+        info = self._plugins.get(problem.plugin)
+        if info is not None:
+            info.problems.append(problem)
 
     def create(self, kind: str, name: str, /, config: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
         """Build a component by name: its spec's options, then ``config``, then ``overrides``, validated first."""
-        registration = self.get(kind, name)
-        factory = self.load_factory(registration)
+        registration, factory = self.first_working(self.registry.candidates(kind, self.get(kind, name).name))
         values = {**(config or {}), **registration.spec.options, **overrides}
         if hasattr(factory, "from_config"):
             label = f"{kind.replace('_', ' ')} {registration.name!r} ({factory.__name__})"
@@ -122,9 +152,10 @@ class Framework:
 
         Options are passed to the pipeline's ``from_pretrained``: components by name or instance
         (``scheduler="dpmpp"``), ``attention``, ``device``, ``torch_dtype``/``dtype``, ``variant`` and hub options.
+        ``backend`` (a registered backend, default "eager") with ``backend_options``, or ``compile=True``, chooses
+        where the models run; ``dtype="auto"`` picks bfloat16 on CPUs that have it in hardware (docs/backends.md).
         """
-        registration = self.get("pipeline", pipeline)
-        pipeline_class = self.load_factory(registration)
+        registration, pipeline_class = self.first_working(self.registry.candidates("pipeline", pipeline))
         if model is None and registration.spec.default_model is not None:
             model = packaged_folder(registration.spec.default_model)
             options = {**registration.spec.default_model_options, **options}
@@ -132,7 +163,38 @@ class Framework:
             raise ValueError(f"pipeline {registration.name!r} has no default model; pass model='<folder or hub id>'")
         if "dtype" in options:
             options["torch_dtype"] = options.pop("dtype")
-        return pipeline_class.from_pretrained(model, framework=self, **options)
+        backend = self._backend_for(options)
+        built = pipeline_class.from_pretrained(model, framework=self, **options)
+        backend.apply(built)
+        built.backend = backend
+        return built
+
+    def _backend_for(self, options: dict[str, Any]) -> Any:
+        """Pop ``backend``, ``backend_options`` and ``compile`` from build options; resolve ``dtype="auto"``; refuse
+        what the backend cannot run. Nothing is loaded or converted yet."""
+        from .backends import DEFAULT_BACKEND, EagerBackend, auto_dtype, check_build_options
+        from .specs import BackendSpec
+
+        name = options.pop("backend", None)
+        backend_options = dict(options.pop("backend_options", None) or {})
+        if options.pop("compile", False):
+            if name not in (None, DEFAULT_BACKEND, "torch-compile"):
+                raise ValueError(f"compile=True is the 'torch-compile' backend; it cannot be combined with {name!r}")
+            name = "torch-compile"
+        device = str(options.get("device") or "cpu").split(":")[0]
+        if name is None and DEFAULT_BACKEND not in self.backends:  # a Framework of explicit plugins only
+            registration, spec = None, BackendSpec(name=DEFAULT_BACKEND, factory="difframe.backends:EagerBackend")
+        else:
+            registration = self.get("backend", name or DEFAULT_BACKEND)
+            spec = registration.spec
+        if isinstance(options.get("torch_dtype"), str) and options["torch_dtype"] == "auto":
+            import torch
+
+            options["torch_dtype"] = getattr(torch, auto_dtype(device, spec.supports.dtypes))
+        check_build_options(spec, options, device)
+        if registration is None:
+            return EagerBackend(**backend_options)
+        return self.create("backend", registration.name, **backend_options)
 
     def __repr__(self) -> str:
         return f"Framework(plugins={[p.name for p in self.plugins]})"

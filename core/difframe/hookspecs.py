@@ -45,5 +45,10 @@ def register_pipeline(register: Register) -> None:
 
 
 @hookspec
+def register_backend(register: Register) -> None:
+    """Register backends: where a pipeline's models run (eager PyTorch, torch.compile, OpenVINO, GPU kernels)."""
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add subcommands to the ``difframe`` CLI. ``cli`` is the argparse sub-parsers object."""

@@ -15,6 +15,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "scheduler": {"lcm": "difframe-plugin-lcm", "tcd": "difframe-plugin-lcm"},
     "attention_processor": {"xformers": "difframe-xformers-attn", "triton": "difframe-cuda-kernels"},
     "pipeline": {"stable-diffusion": "difframe-stable-diffusion"},
+    "backend": {"openvino": "difframe-openvino", "cuda-kernels": "difframe-cuda-kernels"},
 }
 
 
@@ -103,6 +104,19 @@ class Registry:
         elif (found := self._lookup.get(kind, {}).get(normalize(name))) is not None:
             return found
         raise UnknownComponentError(self._unknown_message(kind, name))
+
+    def candidates(self, kind: str, name: str) -> list[Registration]:
+        """What ``get`` returns, then the registrations it shadows under that name, in plugin order: the fallbacks
+        when the first one's factory fails. A 'plugin:name' request names one registration and has none."""
+        first = self.get(kind, name)
+        if ":" in name:
+            return [first]
+        return [first, *(r for r in self.shadowed if r.kind == kind and r.name == first.name)]
+
+    def layout_candidates(self, library: str, class_name: str, kind: str | None = None) -> list[Registration]:
+        """Every registration that loads a model_index.json entry, ``for_layout``'s first."""
+        found = [r for r in [*self.all(kind), *self.shadowed] if (library, class_name) in r.spec.loads]
+        return [r for r in found if kind is None or r.kind == kind]
 
     def for_layout(self, library: str, class_name: str, kind: str | None = None) -> Registration | None:
         """The registration that loads a model_index.json entry such as ('diffusers', 'DDIMScheduler')."""

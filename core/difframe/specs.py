@@ -18,6 +18,7 @@ class Requirements(BaseModel):
 
     packages: tuple[str, ...] = Field(default=(), description="importable module names, e.g. 'xformers'")
     cuda: bool = Field(default=False, description="needs an NVIDIA GPU and a CUDA build of torch")
+    install: str = Field(default="", description="how to get the packages, e.g. \"pip install 'difframe-x[x]'\"")
 
 
 class Supports(BaseModel):
@@ -96,8 +97,19 @@ class PipelineSpec(ComponentSpec):
     )
 
 
+class BackendSpec(ComponentSpec):
+    """Where a pipeline's models run: eager PyTorch, torch.compile, a converted and compiled graph (OpenVINO)."""
+
+    kind: ClassVar[str] = "backend"
+    cannot_run: tuple[Literal["attention_addons", "attention_backends", "inference_hooks"], ...] = Field(
+        default=(),
+        description="Python code a compiled graph leaves out; build() refuses options that need it",
+    )
+
+
 SPEC_TYPES: dict[str, type[ComponentSpec]] = {
-    spec.kind: spec for spec in (SchedulerSpec, ModelSpec, ConditionerSpec, AttentionProcessorSpec, PipelineSpec)
+    spec.kind: spec
+    for spec in (SchedulerSpec, ModelSpec, ConditionerSpec, AttentionProcessorSpec, PipelineSpec, BackendSpec)
 }
 HOOK_KINDS: dict[str, str] = {
     "register_scheduler": "scheduler",
@@ -105,4 +117,5 @@ HOOK_KINDS: dict[str, str] = {
     "register_conditioner": "conditioner",
     "register_attention_processor": "attention_processor",
     "register_pipeline": "pipeline",
+    "register_backend": "backend",
 }

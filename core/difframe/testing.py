@@ -124,6 +124,24 @@ class ToyPlugin:
         register(name="toy", factory="difframe.testing:ToyPipeline")
 
 
+class ToyBackend:
+    """A backend for tests: routes the toy denoiser's forward through itself and counts the calls."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+        self.calls = 0
+
+    def apply(self, pipeline: DiffusionPipeline) -> None:
+        denoiser = pipeline.denoiser
+        eager = denoiser.forward
+
+        def forward(sample: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
+            self.calls += 1
+            return eager(sample, timestep) * self.scale
+
+        denoiser.forward = forward
+
+
 def make_toy_pipeline(seed: int = 0) -> ToyPipeline:
     torch.manual_seed(seed)
     return ToyPipeline(denoiser=ToyDenoiser(), scheduler=ToyScheduler())
