@@ -8,9 +8,10 @@ import torch
 
 from .common import Chunk, StableDiffusionBase, StableDiffusionOutput
 from .images import as_image_list, default_size, image_size, preprocess_images
+from .networks import NetworksMixin
 
 
-class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
+class StableDiffusionImg2ImgPipeline(NetworksMixin, StableDiffusionBase):
     """``pipe("a fox, oil painting", image=photo, strength=0.6, seed=7)``.
 
     ``image``: one image for every prompt, or one per prompt. ``strength`` in [0, 1]: how much of the schedule runs
@@ -97,11 +98,12 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
         return {name: pick(tensor, jobs) for name, tensor in inputs.items()}
 
     def run_chunk(self, chunk: Chunk, **settings: Any) -> torch.Tensor:
-        timesteps = self.strength_timesteps(settings["num_inference_steps"], settings["strength"])
+        sampler = self.sampler_of(chunk)
+        timesteps = self.strength_timesteps(settings["num_inference_steps"], settings["strength"], sampler)
         dtype = chunk.embeds.dtype
         init_latents = self.encode_images(chunk.extras["image"].to(dtype=dtype), chunk.generators)
         noise = self.randn(init_latents.shape, chunk.generators, self.execution_device, dtype)
-        latents = self.scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(chunk.size))
+        latents = sampler.add_noise(init_latents, noise, timesteps[:1].repeat(chunk.size))
         return self.denoise(
             chunk,
             latents,

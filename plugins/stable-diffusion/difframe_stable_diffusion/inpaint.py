@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from .common import Chunk, StableDiffusionBase, StableDiffusionOutput
 from .image_to_image import check_strength, pick
 from .images import as_image_list, default_size, image_size, preprocess_images, preprocess_masks
+from .networks import NetworksMixin
 
 
-class StableDiffusionInpaintPipeline(StableDiffusionBase):
+class StableDiffusionInpaintPipeline(NetworksMixin, StableDiffusionBase):
     """``pipe("a red sofa", image=room, mask_image=mask, seed=7)``: white mask pixels are repainted."""
 
     layout_name = ("diffusers", "StableDiffusionInpaintPipeline")
@@ -116,8 +117,9 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
         return {name: pick(tensor, jobs) for name, tensor in inputs.items()}
 
     def run_chunk(self, chunk: Chunk, **settings: Any) -> torch.Tensor:
+        sampler = self.sampler_of(chunk)
         height, width, strength = settings["height"], settings["width"], settings["strength"]
-        timesteps = self.strength_timesteps(settings["num_inference_steps"], strength)
+        timesteps = self.strength_timesteps(settings["num_inference_steps"], strength, sampler)
         device, dtype, generators = self.execution_device, chunk.embeds.dtype, chunk.generators
         latent_channels = self.vae.config.latent_channels
         plain_unet = self.unet.config.in_channels == latent_channels
@@ -132,12 +134,12 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
         if chunk.latents is None:
             noise = self.randn(shape, generators, device, dtype)
             if full_strength:
-                latents = noise * self.scheduler.init_noise_sigma
+                latents = noise * sampler.init_noise_sigma
             else:
-                latents = self.scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(chunk.size))
+                latents = sampler.add_noise(image_latents, noise, timesteps[:1].repeat(chunk.size))
         else:
             noise = chunk.latents.to(device)
-            latents = noise * self.scheduler.init_noise_sigma
+            latents = noise * sampler.init_noise_sigma
 
         masked_image = image * (mask < 0.5)
         latent_mask = F.interpolate(mask, size=shape[-2:]).to(device=device, dtype=dtype)
@@ -151,7 +153,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
         def keep_unmasked(i: int, t: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
             known = image_latents
             if i < len(timesteps) - 1:
-                known = self.scheduler.add_noise(image_latents, noise, torch.tensor([timesteps[i + 1]]))
+                known = sampler.add_noise(image_latents, noise, torch.tensor([timesteps[i + 1]]))
             return (1 - latent_mask) * known + latent_mask * current
 
         return self.denoise(

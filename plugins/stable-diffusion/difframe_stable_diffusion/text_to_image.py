@@ -7,9 +7,10 @@ from typing import Any
 import torch
 
 from .common import Chunk, StableDiffusionBase, StableDiffusionOutput
+from .networks import NetworksMixin
 
 
-class StableDiffusionPipeline(StableDiffusionBase):
+class StableDiffusionPipeline(NetworksMixin, StableDiffusionBase):
     """``pipe("a watercolor fox", seed=7).images[0]``; lists of prompts, several images per prompt, one seed each."""
 
     @torch.no_grad()
@@ -86,8 +87,9 @@ class StableDiffusionPipeline(StableDiffusionBase):
             raise ValueError(f"latents must be ({total}, {', '.join(map(str, expected))}), got {tuple(latents.shape)}")
 
     def run_chunk(self, chunk: Chunk, **settings: Any) -> torch.Tensor:
+        sampler = self.sampler_of(chunk)
         height, width = settings["height"], settings["width"]
-        timesteps = self.set_timesteps(settings["num_inference_steps"])
+        timesteps = self.set_timesteps(settings["num_inference_steps"], sampler)
         shape = (
             chunk.size,
             self.unet.config.in_channels,
@@ -98,7 +100,7 @@ class StableDiffusionPipeline(StableDiffusionBase):
             noise = self.randn(shape, chunk.generators, self.execution_device, chunk.embeds.dtype)
         else:
             noise = chunk.latents.to(self.execution_device)
-        latents = noise * self.scheduler.init_noise_sigma
+        latents = noise * sampler.init_noise_sigma
         return self.denoise(
             chunk,
             latents,
