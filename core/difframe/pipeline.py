@@ -172,6 +172,19 @@ class DiffusionPipeline:
         from .hub import resolve, weight_patterns
 
         framework = framework or Framework()
+        if Path(os.path.expanduser(os.fspath(reference))).is_file():  # a single-file checkpoint
+            folder_only = {"variant": variant, "revision": revision, "cache_dir": cache_dir, "token": token}
+            if given := [name for name, value in folder_only.items() if value is not None]:
+                raise TypeError(f"{', '.join(given)} apply to model folders and hub ids, not to the file {reference}")
+            return cls.load_single_file(
+                reference,
+                framework=framework,
+                torch_dtype=torch_dtype,
+                device=device,
+                allow_pickle=allow_pickle,
+                progress=progress,
+                **overrides,
+            )
         extra = {k: overrides.pop(k) for k in list(overrides) if k not in cls.declared}
         hub = {
             "revision": revision,
@@ -209,6 +222,21 @@ class DiffusionPipeline:
             pipeline.to(device)
         pipeline.apply_options(**extra)
         return pipeline
+
+    @classmethod
+    def from_single_file(cls: type[P], path: str | os.PathLike[str], **options: Any) -> P:
+        """Load a single-file checkpoint (every model in one file, as model sites share them), with the options of
+        ``from_pretrained``. ``from_pretrained`` and ``Framework.build(model=...)`` do the same given a file."""
+        if not Path(os.path.expanduser(os.fspath(path))).is_file():
+            raise ModelLoadError(f"{path} is not a file; a model folder or hub id loads with from_pretrained")
+        return cls.from_pretrained(path, **options)
+
+    @classmethod
+    def load_single_file(cls: type[P], path: str | os.PathLike[str], *, framework: Any, **options: Any) -> P:
+        """What from_pretrained does with a file path: pipelines that read single-file checkpoints override it."""
+        raise ModelLoadError(
+            f"{path} is a file, and {cls.__name__} loads only model folders (with {INDEX_NAME}) or hub ids"
+        )
 
     def apply_options(self, **options: Any) -> None:
         """Pipeline-specific build options (e.g. ``attention``); the base class knows none."""

@@ -34,6 +34,7 @@ from .batching import (
     plan_seeds,
 )
 from .metadata import GenerationParameters, png_info
+from .single_file import SingleFileMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 AUTO_BUDGET_FRACTION = 0.8  # of the free memory, when no budget is set
@@ -102,7 +103,7 @@ class Chunk:
         return self.stop - self.start
 
 
-class StableDiffusionBase(DiffusionPipeline):
+class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
     """Shared base of the Stable Diffusion pipelines (components named as in the shared model layout)."""
 
     layout_name: ClassVar[tuple[str, str] | None] = ("diffusers", "StableDiffusionPipeline")
