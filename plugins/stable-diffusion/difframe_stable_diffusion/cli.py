@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -29,7 +30,19 @@ def add_generate_command(cli: Any) -> None:
         "`--from-png image.png` makes that image again.",
     )
     parser.add_argument("prompt", nargs="?", help="the prompt (omit with --from-png)")
-    parser.add_argument("-m", "--model", help="model folder or hub id (default with --from-png: the PNG's Model)")
+    parser.add_argument(
+        "-m",
+        "--model",
+        help="model folder, hub id or single-file checkpoint (.safetensors) (default with --from-png: the PNG's Model)",
+    )
+    parser.add_argument(
+        "--model-config",
+        help="a single-file --model's architecture, where its keys cannot tell (SD 2.x epsilon or v): a family "
+        "(sd1, sd1-inpainting, sd2-base, sd2-v, sd2-inpainting) or a model folder of the same architecture",
+    )
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="allow a .ckpt (pickle) --model, read by torch's safe loader"
+    )
     parser.add_argument("-n", "--negative", "--negative-prompt", dest="negative", help="negative prompt")
     parser.add_argument("-s", "--scheduler", "--sampler", dest="scheduler", help="sampler name (default dpmpp)")
     parser.add_argument("--steps", type=int, help="denoising steps (default 25)")
@@ -50,10 +63,17 @@ def add_generate_command(cli: Any) -> None:
     parser.add_argument("--memory-budget", help="bytes one chunk of the batch may use, e.g. 6GB (default auto)")
     parser.add_argument("--cpu-offload", action="store_true", help="keep models in RAM, each on the GPU as it runs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .jobs.command import add_job_options
+
+    add_job_options(parser)
     parser.set_defaults(func=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    if args.prompts:  # a job file, on the local engine or Ray
+        from .jobs.command import run_job_file
+
+        return run_job_file(args)
     try:
         return _run(args)
     except (ValueError, TypeError, OSError) as error:  # bad input: a message, not a traceback
@@ -90,6 +110,9 @@ def _run(args: argparse.Namespace) -> int:
         params = params.replace(model=None)
     if not params.model and default is None:
         print("error: no model: pass --model FOLDER_OR_HUB_ID", file=sys.stderr)
+        return 2
+    if args.model_config and not (params.model and Path(params.model).expanduser().is_file()):
+        print("error: --model-config applies to a single-file --model (a .safetensors file)", file=sys.stderr)
         return 2
     if args.mask and not args.image:
         print("error: --mask needs --image", file=sys.stderr)
@@ -142,7 +165,13 @@ def _generate(args: argparse.Namespace, params: Any) -> int:
         options["cpu_offload"] = device
     else:
         options["device"] = device
+    if args.model_config:
+        options["config"] = args.model_config
+    if args.allow_pickle:
+        options["allow_pickle"] = True
     pipe = Framework().build(pipeline, model=params.model, dtype=getattr(torch, dtype), **options)
+    if getattr(pipe, "single_file", None) is not None:
+        print(f"{pipe.single_file.path.name}: {pipe.single_file.description}", file=sys.stderr)
     pipe.set_progress_bar_config(desc="denoising", leave=True, disable=args.no_progress)
     if params.width and params.height:
         call["width"], call["height"] = params.width, params.height

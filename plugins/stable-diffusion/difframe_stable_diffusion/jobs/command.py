@@ -1,0 +1,73 @@
+"""`difframe generate --prompts jobs.jsonl [--engine local|ray] ...`: the command-line side of a job run.
+
+Exit status: 0 when every job has its image, 1 when some failed or did not run (each named with its line),
+2 for bad input found before any worker starts, 130 when interrupted (Ctrl-C; finished images are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .outputs import OutputFolderError
+from .runner import EngineError, run_jobs
+from .spec import JobFileError, load_jobs
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("job files (docs/ray.md)")
+    group.add_argument("--prompts", help="job file: one JSON object per line (prompt, seed, steps, size, ...)")
+    group.add_argument("--engine", default="local", help="where the jobs run: local (default, this process) or ray")
+    group.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: start Ray here)")
+    group.add_argument("--workers", type=int, help="Ray workers (default: the cluster's CPUs / threads per worker)")
+    group.add_argument("--threads-per-worker", type=int, help="torch threads of each worker (Ray default 1)")
+    group.add_argument(
+        "--batch-size", type=int, default=1, help="jobs with equal settings per pipeline call (default 1: exact)"
+    )
+
+
+def _defaults(args: argparse.Namespace) -> dict[str, Any]:
+    width, height = args.size if args.size else (None, None)
+    return {
+        "negative_prompt": args.negative,
+        "steps": args.steps,
+        "sampler": args.scheduler,
+        "guidance": args.guidance,
+        "guidance_rescale": args.guidance_rescale,
+        "width": width,
+        "height": height,
+        "clip_skip": args.clip_skip,
+        "model": args.model,
+        "dtype": args.dtype,
+        "attention": args.attention,
+    }
+
+
+def run_job_file(args: argparse.Namespace) -> int:
+    conflicting = [flag for flag, used in (("a prompt", args.prompt), ("--from-png", args.from_png),
+                                           ("--image", args.image), ("--cpu-offload", args.cpu_offload)) if used]
+    if conflicting or args.batch != 1:
+        print(f"error: --prompts runs a job file; drop {', '.join(conflicting) or '--batch'}", file=sys.stderr)
+        return 2
+    try:
+        jobs = load_jobs(args.prompts, defaults=_defaults(args), seed=args.seed)
+        summary = run_jobs(
+            jobs,
+            engine=args.engine,
+            out=args.out,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            address=args.address,
+            device=args.device,
+            memory_budget=args.memory_budget,
+        )
+    except (JobFileError, OutputFolderError, EngineError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(summary.report(), file=sys.stderr if not summary.ok else sys.stdout)
+    if summary.interrupted:
+        return 130
+    return 0 if summary.ok else 1
