@@ -1,0 +1,48 @@
+"""Waiting for a job on behalf of one HTTP request, and letting go of it when the client disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+
+from .errors import FieldError
+from .jobs import Job, JobQueue
+
+log = logging.getLogger("difframe_server")
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the request body has already been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run_job(request: Request, queue: JobQueue, kind: str, work: Callable[[Job], Any]) -> Any:
+    """Queue ``work``, wait for its result; a client that disconnects first cancels it (skipped if still waiting,
+    stopped after its current step if running), so no work runs for nobody."""
+    job = queue.submit(kind, work)
+    result = asyncio.wrap_future(job.future)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not result.done():
+            job.cancel()
+            log.info("client of job %d disconnected: job cancelled", job.id)
+        gone.cancel()
+    if not result.done():
+        raise ClientGone()
+    try:
+        return result.result()
+    except (ValueError, TypeError) as error:  # the pipeline's own checks (sizes, strength, ...) name the setting
+        raise FieldError("request", str(error)) from None

@@ -1,0 +1,151 @@
+"""The web UI's API, driven by its published Python client (webuiapi, written by others), against a direct
+Framework().build(...) call with the same settings."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+from difframe_server.testing import assert_same_image, decode
+from difframe_stable_diffusion.metadata import GenerationParameters
+from PIL import Image, ImageDraw
+
+webuiapi = pytest.importorskip("webuiapi")
+
+PROMPT = "a red circle on a blue background"
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return webuiapi.WebUIApi(host="127.0.0.1", port=server.port)
+
+
+def test_txt2img_equals_a_direct_call(client, reference):
+    result = client.txt2img(
+        prompt=PROMPT,
+        negative_prompt="green",
+        seed=7,
+        steps=4,
+        width=64,
+        height=64,
+        batch_size=2,
+        cfg_scale=6.5,
+        sampler_name="Euler a",
+    )
+    reference.set_scheduler("euler_a")
+    direct = reference(
+        PROMPT,
+        negative_prompt="green",
+        seed=7,
+        num_inference_steps=4,
+        width=64,
+        height=64,
+        num_images_per_prompt=2,
+        guidance_scale=6.5,
+    )
+    assert len(result.images) == 2
+    for served, expected in zip(result.images, direct.images):
+        assert_same_image(served, expected)
+    # "info" is JSON as the web UI writes it; each infotext is the PNG "parameters" text and parses back
+    assert result.info["all_seeds"] == [7, 8]
+    assert result.info["sampler_name"] == "Euler a"
+    assert result.info["sd_model_name"] == "difframe-shapes"
+    assert result.images[1].info["parameters"] == result.info["infotexts"][1]
+    parsed = GenerationParameters.from_text(result.info["infotexts"][1])
+    assert (parsed.seed, parsed.steps, parsed.scheduler, parsed.guidance_scale) == (8, 4, "euler_a", 6.5)
+    assert parsed.negative_prompt == "green"
+    assert result.parameters["prompt"] == PROMPT
+
+
+def test_img2img_equals_a_direct_call(client, framework):
+    init = Image.new("RGB", (64, 64), "blue")
+    ImageDraw.Draw(init).ellipse((16, 16, 48, 48), fill="red")
+    result = client.img2img(
+        images=[init],
+        prompt=PROMPT,
+        seed=3,
+        steps=6,
+        width=64,
+        height=64,
+        denoising_strength=0.5,
+        sampler_name="DPM++ 2M",
+        scheduler="Karras",
+    )
+    direct_pipe = framework.build("stable-diffusion-img2img", scheduler="dpmpp_2m_karras")
+    direct = direct_pipe(PROMPT, image=init, strength=0.5, seed=3, num_inference_steps=6, guidance_scale=7.0)
+    assert_same_image(result.image, direct.images[0])
+    assert result.info["denoising_strength"] == 0.5
+    assert "Denoising strength: 0.5" in result.info["infotexts"][0]
+    assert result.parameters["init_images"] is None  # as the web UI: not echoed unless include_init_images
+
+
+def test_options_clip_skip_and_model(client, server, reference):
+    assert client.get_options()["sd_model_checkpoint"] == "difframe-shapes"
+    assert client.util_get_current_model() == "difframe-shapes"
+    client.util_set_model("difframe-shapes")
+    client.set_options({"CLIP_stop_at_last_layers": 2})
+    try:
+        assert client.get_options()["CLIP_stop_at_last_layers"] == 2
+        result = client.txt2img(prompt=PROMPT, seed=5, steps=2, width=64, height=64, sampler_name="Euler")
+    finally:
+        client.set_options({"CLIP_stop_at_last_layers": 1})
+    reference.set_scheduler("euler")
+    direct = reference(PROMPT, seed=5, num_inference_steps=2, guidance_scale=7.0, clip_skip=1)
+    assert_same_image(result.image, direct.images[0])
+    assert result.info["clip_skip"] == 2 and "Clip skip: 2" in result.info["infotexts"][0]
+
+
+def test_listings(client):
+    samplers = {s["name"]: s for s in client.get_samplers()}
+    assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC"} <= samplers.keys()
+    assert "euler_a" in samplers["Euler a"]["aliases"]
+    assert client.util_get_scheduler_names() == ["automatic", "karras"]
+    assert client.util_get_model_names() == ["difframe-shapes"]
+
+
+def test_progress_shows_the_current_image_and_interrupt_stops_within_a_step(server):
+    url = server.url + "/sdapi/v1"
+    answer: dict = {}
+
+    def generate() -> None:
+        payload = {"prompt": PROMPT, "steps": 150, "width": 64, "height": 64, "seed": 1, "sampler_name": "Euler"}
+        answer["response"] = requests.post(url + "/txt2img", json=payload, timeout=600)
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    deadline = time.monotonic() + 300
+    progress: dict = {}
+    while time.monotonic() < deadline:
+        progress = requests.get(url + "/progress", timeout=30).json()
+        if progress["state"]["sampling_step"] >= 2 and progress["current_image"]:
+            break
+        time.sleep(0.05)
+    assert progress["state"]["sampling_steps"] == 150 and 0 < progress["progress"] < 1
+    assert decode(progress["current_image"]).size == (64, 64)
+    assert requests.post(url + "/interrupt", timeout=30).json() == {}
+    worker.join(300)
+    response = answer["response"]
+    assert response.status_code == 200
+    assert len(response.json()["images"]) == 1  # the web UI answers an interrupted job with what it has
+    job = requests.get(server.url + "/api/v1/status", timeout=30).json()["recent"][-1]
+    assert job["state"] == "interrupted"
+    assert job["steps_run"] - job["stop_requested_at_step"] <= 1, job  # at most the step that was running
+    assert job["steps_run"] < 150
+    assert requests.get(url + "/progress", timeout=30).json()["progress"] == 0  # idle again
+
+
+def test_auth_like_the_web_ui(engine, framework):
+    from difframe_server.settings import ServerSettings
+    from difframe_server.testing import serve_in_thread
+
+    settings = ServerSettings(api_auth={"alice": "s3cret"})
+    with serve_in_thread(settings, engine=engine, framework=framework) as running:
+        anonymous = requests.get(running.url + "/sdapi/v1/options", timeout=30)
+        assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"] == "Basic"
+        wrong = requests.get(running.url + "/api/v1/status", auth=("alice", "nope"), timeout=30)
+        assert wrong.status_code == 401
+        assert requests.get(running.url + "/", timeout=30).status_code == 401
+        client = webuiapi.WebUIApi(port=running.port, username="alice", password="s3cret")
+        assert client.get_options()["sd_model_checkpoint"] == "difframe-shapes"
