@@ -8,7 +8,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
@@ -21,10 +21,11 @@ from .state import ServerState
 from .waiting import ClientGone
 
 _basic = HTTPBasic(auto_error=False)
+Credentials = Annotated[HTTPBasicCredentials | None, Depends(_basic)]
 
 
 def _auth_dependency(credentials: dict[str, str]) -> Any:
-    def check(given: HTTPBasicCredentials | None = Depends(_basic)) -> None:
+    def check(given: Credentials) -> None:
         if not credentials:
             return
         expected = credentials.get(given.username) if given is not None else None

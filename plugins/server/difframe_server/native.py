@@ -4,16 +4,16 @@ as `difframe plugins --json` lists it (the same report function)."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from .catalog import UnknownModel
 from .engine import Generation
 from .errors import FieldError
 from .images import decode_image, encode_png
-from .state import ServerState
+from .state import State
 from .waiting import run_job
 
 router = APIRouter(prefix="/api/v1", tags=["native API"])
@@ -25,10 +25,6 @@ KIND_ROUTES = {
     "guiders": ("guider",),
     "hooks": ("hook", "inference_hook"),
 }
-
-
-def server(request: Request) -> ServerState:
-    return request.app.state.server
 
 
 class GenerateRequest(BaseModel):
@@ -74,9 +70,9 @@ def _registrations(kinds: tuple[str, ...], framework: Any) -> list[dict[str, Any
 
 @router.get("/plugins")
 def plugins(
-    kind: str | None = Query(None, description="only registrations of this kind"),
-    hook: str | None = Query(None, description="only plugins implementing this hook"),
-    state: ServerState = Depends(server),
+    state: State,
+    kind: Annotated[str | None, Query(description="only registrations of this kind")] = None,
+    hook: Annotated[str | None, Query(description="only plugins implementing this hook")] = None,
 ) -> list[dict[str, Any]]:
     """Installed plugins exactly as `difframe plugins --json` prints them."""
     from difframe.cli import KINDS, plugins_report
@@ -87,7 +83,7 @@ def plugins(
 
 
 def _kind_route(route: str, kinds: tuple[str, ...]) -> None:
-    def listing(state: ServerState = Depends(server)) -> list[dict[str, Any]]:
+    def listing(state: State) -> list[dict[str, Any]]:
         return _registrations(kinds, state.framework)
 
     listing.__doc__ = f"Registered {route}, each with its plugin (as in `difframe plugins --json`)."
@@ -99,7 +95,7 @@ for _route, _kinds in KIND_ROUTES.items():
 
 
 @router.get("/models")
-def models(state: ServerState = Depends(server)) -> dict[str, Any]:
+def models(state: State) -> dict[str, Any]:
     return {
         "current": state.options.model.title,
         "models": [{"title": e.title, "source": e.filename} for e in state.catalog.entries()],
@@ -107,12 +103,12 @@ def models(state: ServerState = Depends(server)) -> dict[str, Any]:
 
 
 @router.get("/options")
-def get_options(state: ServerState = Depends(server)) -> dict[str, Any]:
+def get_options(state: State) -> dict[str, Any]:
     return {"model": state.options.model.title, "clip_skip": state.options.clip_skip - 1}
 
 
 @router.post("/options")
-def set_options(req: OptionsRequest, state: ServerState = Depends(server)) -> dict[str, Any]:
+def set_options(req: OptionsRequest, state: State) -> dict[str, Any]:
     if req.model is not None:
         try:
             state.options.model = state.catalog.resolve(req.model)
@@ -124,7 +120,7 @@ def set_options(req: OptionsRequest, state: ServerState = Depends(server)) -> di
 
 
 @router.post("/generate")
-async def generate(req: GenerateRequest, request: Request, state: ServerState = Depends(server)) -> dict[str, Any]:
+async def generate(req: GenerateRequest, request: Request, state: State) -> dict[str, Any]:
     """Generate images; each comes back as base64 PNG with its seed and its PNG 'parameters' text."""
     model = state.options.model
     if req.model is not None:
@@ -182,7 +178,7 @@ async def generate(req: GenerateRequest, request: Request, state: ServerState = 
 
 
 @router.get("/progress")
-def progress(preview: bool = True, state: ServerState = Depends(server)) -> dict[str, Any]:
+def progress(state: State, preview: bool = True) -> dict[str, Any]:
     """The running job's progress (0-1), step, and a preview of its first image (made at its next step)."""
     job = state.queue.current
     waiting = state.queue.waiting
@@ -206,7 +202,7 @@ def progress(preview: bool = True, state: ServerState = Depends(server)) -> dict
 
 
 @router.post("/interrupt")
-def interrupt(state: ServerState = Depends(server)) -> dict[str, Any]:
+def interrupt(state: State) -> dict[str, Any]:
     """Stop the running job after its current step; its client gets the images as they are."""
     job = state.queue.current
     state.queue.interrupt_current()
@@ -214,7 +210,7 @@ def interrupt(state: ServerState = Depends(server)) -> dict[str, Any]:
 
 
 @router.get("/status")
-def status(state: ServerState = Depends(server)) -> dict[str, Any]:
+def status(state: State) -> dict[str, Any]:
     """The queue, job counts, the last jobs and the limits requests are held to."""
     queue = state.queue
     current = queue.current

@@ -6,7 +6,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
 
 from .catalog import ModelCatalog, ModelEntry
 from .engine import Engine, Generation
@@ -100,3 +102,10 @@ class ServerState:
             return self.engine.run(generation, job)
 
         return work
+
+
+def current_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+State = Annotated[ServerState, Depends(current_state)]  # the running server's state, as a route parameter

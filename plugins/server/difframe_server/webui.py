@@ -13,14 +13,14 @@ import math
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from .catalog import ModelEntry, UnknownModel
 from .engine import Generation
 from .errors import FieldError
 from .images import decode_image, encode_png
-from .state import ServerState
+from .state import ServerState, State
 from .waiting import run_job
 
 router = APIRouter(prefix="/sdapi/v1", tags=["web UI API"])
@@ -28,10 +28,6 @@ router = APIRouter(prefix="/sdapi/v1", tags=["web UI API"])
 # override_settings / options keys this server understands
 MODEL_KEY, CLIP_SKIP_KEY = "sd_model_checkpoint", "CLIP_stop_at_last_layers"
 SCHEDULE_TYPES = {"automatic": None, "karras": "Karras"}
-
-
-def server(request: Request) -> ServerState:
-    return request.app.state.server
 
 
 class Txt2ImgRequest(BaseModel):
@@ -273,12 +269,12 @@ async def _generate(request: Request, state: ServerState, req: Txt2ImgRequest, i
 
 
 @router.post("/txt2img", response_model=ImagesResponse)
-async def txt2img(req: Txt2ImgRequest, request: Request, state: ServerState = Depends(server)) -> dict:
+async def txt2img(req: Txt2ImgRequest, request: Request, state: State) -> dict:
     return await _generate(request, state, req)
 
 
 @router.post("/img2img", response_model=ImagesResponse)
-async def img2img(req: Img2ImgRequest, request: Request, state: ServerState = Depends(server)) -> dict:
+async def img2img(req: Img2ImgRequest, request: Request, state: State) -> dict:
     if not req.init_images:
         raise FieldError("init_images", "image-to-image needs one init image (base64)")
     if len(req.init_images) > 1:
@@ -294,7 +290,7 @@ async def img2img(req: Img2ImgRequest, request: Request, state: ServerState = De
 
 
 @router.get("/samplers")
-def samplers(state: ServerState = Depends(server)) -> list[dict[str, Any]]:
+def samplers(state: State) -> list[dict[str, Any]]:
     """The samplers that can run here, by their web-UI label, with difframe's names as aliases."""
     from difframe_stable_diffusion.metadata import sampler_label
 
@@ -313,7 +309,7 @@ def schedulers() -> list[dict[str, Any]]:
 
 
 @router.get("/sd-models")
-def sd_models(state: ServerState = Depends(server)) -> list[dict[str, Any]]:
+def sd_models(state: State) -> list[dict[str, Any]]:
     return [
         {
             "title": e.title,
@@ -328,7 +324,7 @@ def sd_models(state: ServerState = Depends(server)) -> list[dict[str, Any]]:
 
 
 @router.get("/options")
-def get_options(state: ServerState = Depends(server)) -> dict[str, Any]:
+def get_options(state: State) -> dict[str, Any]:
     return {
         MODEL_KEY: state.options.model.title,
         CLIP_SKIP_KEY: state.options.clip_skip,
@@ -338,7 +334,7 @@ def get_options(state: ServerState = Depends(server)) -> dict[str, Any]:
 
 
 @router.post("/options")
-def set_options(req: dict[str, Any], state: ServerState = Depends(server)) -> None:
+def set_options(req: dict[str, Any], state: State) -> None:
     """Sets the model (a title from /sd-models) and clip skip for the requests that follow. The model loads on
     the next generation, in the queue, so a running job keeps its model."""
     unknown = sorted(set(req) - {MODEL_KEY, CLIP_SKIP_KEY, "samples_format"})
@@ -353,7 +349,7 @@ def set_options(req: dict[str, Any], state: ServerState = Depends(server)) -> No
 
 
 @router.get("/progress")
-def progress(skip_current_image: bool = False, state: ServerState = Depends(server)) -> dict[str, Any]:
+def progress(state: State, skip_current_image: bool = False) -> dict[str, Any]:
     job = state.queue.current
     waiting = state.queue.waiting
     idle_state = {
@@ -393,14 +389,14 @@ def progress(skip_current_image: bool = False, state: ServerState = Depends(serv
 
 
 @router.post("/interrupt")
-def interrupt(state: ServerState = Depends(server)) -> dict:
+def interrupt(state: State) -> dict:
     """Stops the running job after its current step (it answers with what it has); waiting jobs still run."""
     state.queue.interrupt_current()
     return {}
 
 
 @router.post("/skip")
-def skip(state: ServerState = Depends(server)) -> dict:
+def skip(state: State) -> dict:
     state.queue.interrupt_current()
     return {}
 
@@ -411,6 +407,6 @@ def scripts() -> dict[str, list[str]]:
 
 
 @router.get("/cmd-flags")
-def cmd_flags(state: ServerState = Depends(server)) -> dict[str, Any]:
+def cmd_flags(state: State) -> dict[str, Any]:
     settings = state.settings
     return {"api": True, "listen": settings.host != "127.0.0.1", "port": settings.port, "nowebui": False}
