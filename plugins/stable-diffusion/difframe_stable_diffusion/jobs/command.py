@@ -45,8 +45,16 @@ def _defaults(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_job_file(args: argparse.Namespace) -> int:
-    conflicting = [flag for flag, used in (("a prompt", args.prompt), ("--from-png", args.from_png),
-                                           ("--image", args.image), ("--cpu-offload", args.cpu_offload)) if used]
+    conflicting = [
+        flag
+        for flag, used in (
+            ("a prompt", args.prompt),
+            ("--from-png", args.from_png),
+            ("--image", args.image),
+            ("--cpu-offload", args.cpu_offload),
+        )
+        if used
+    ]
     if conflicting or args.batch != 1:
         print(f"error: --prompts runs a job file; drop {', '.join(conflicting) or '--batch'}", file=sys.stderr)
         return 2

@@ -127,7 +127,8 @@ class RunContext:
 
 
 class LocalEngine:
-    """One worker in this process with ``threads_per_worker`` torch threads (restored afterwards)."""
+    """One worker in this process with ``threads_per_worker`` torch threads (restored afterwards); it keeps its
+    pipelines for the next run with the same engine object."""
 
     name = "local"
 
@@ -146,12 +147,17 @@ class LocalEngine:
         self.threads = threads_per_worker
         self.device = device
         self.memory_budget = memory_budget
+        self._worker: JobWorker | None = None  # kept: a second run with this engine reuses its pipelines
 
     def run(self, batches: list[list[Job]], context: RunContext) -> None:
         import torch
 
         threads = torch.get_num_threads()
-        worker = JobWorker(self.threads, self.device, self.memory_budget)
+        if self._worker is None:
+            self._worker = JobWorker(self.threads, self.device, self.memory_budget)
+        elif self.threads is not None:
+            torch.set_num_threads(self.threads)
+        worker = self._worker
         try:
             for batch in batches:
                 if context.skip(batch):
@@ -169,9 +175,11 @@ class LocalEngine:
 
 def get_engine(name: str | Engine, **options: Any) -> Engine:
     """An engine by name, with its options (None values are left to the engine's defaults)."""
-    if not isinstance(name, str):
-        return name
     options = {k: v for k, v in options.items() if v is not None}
+    if not isinstance(name, str):
+        if options:
+            raise ValueError(f"engine options {sorted(options)} go to the engine's constructor, not with an engine")
+        return name
     if name == "local":
         return LocalEngine(**options)
     found = {point.name: point for point in entry_points(group=ENGINE_GROUP)}

@@ -98,6 +98,13 @@ class Job(BaseModel):
         return f"{self.name or f'{self.line:05d}-{self.seed}'}.png"
 
 
+_CANONICAL = {
+    alias: name
+    for name, f in Job.model_fields.items()
+    if isinstance(f.validation_alias, AliasChoices)
+    for alias in f.validation_alias.choices
+    if isinstance(alias, str)
+}
 _KNOWN = sorted(
     {name for name in Job.model_fields}
     | {
@@ -156,6 +163,14 @@ def parse_jobs(
         if not isinstance(data, dict):
             problems.append(f"{source} line {number}: a JSON object is expected, got {type(data).__name__}")
             continue
+        canonical = {_CANONICAL.get(key, key) for key in data}
+        if len(canonical) < len(data):
+            twice = sorted(
+                {key for key in data if sum(_CANONICAL.get(k, k) == _CANONICAL.get(key, key) for k in data) > 1}
+            )
+            problems.append(f"{source} line {number}: {' and '.join(map(repr, twice))} name the same option; keep one")
+            continue
+        data = {_CANONICAL.get(key, key): value for key, value in data.items()}
         if "seed" not in data and seed is not None:
             data = {**data, "seed": seed + len(jobs)}
         if "seed" not in data:

@@ -52,8 +52,11 @@ class JobWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def load(self, pipeline_key: tuple[Any, ...]) -> Any:
-        """The pipeline for (model, dtype, attention), built on first use."""
+    def load(self, pipeline_key: tuple[Any, ...]) -> None:
+        """Build the pipeline for (model, dtype, attention) now, rather than with the first job that needs it."""
+        self._pipeline(pipeline_key)
+
+    def _pipeline(self, pipeline_key: tuple[Any, ...]) -> Any:
         if pipeline_key in self._pipelines:
             return self._pipelines[pipeline_key][0]
         import torch
@@ -89,7 +92,7 @@ class JobWorker:
         from ..metadata import png_info
 
         first = jobs[0]
-        pipe = self.load(first.pipeline_key)
+        pipe = self._pipeline(first.pipeline_key)
         pipe.scheduler = self._pipelines[first.pipeline_key][1]  # each batch starts from the model's own sampler
         pipe.set_scheduler(first.sampler)
         size = {"width": first.width, "height": first.height} if first.width and first.height else {}
