@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-MAX_SEED = 2**32 - 1
+from .request import MAX_SEED, check_seed
 
 
 @dataclass(frozen=True)
@@ -40,31 +40,26 @@ def as_prompt_list(value: str | Sequence[str] | None, name: str) -> list[str] | 
 def plan_seeds(total: int, seed: int | Sequence[int] | None = None, seeds: Sequence[int] | None = None) -> list[int]:
     """One seed per image. ``seed=s`` gives s, s+1, s+2, ... (the web UIs' convention); ``seeds`` lists them all.
 
-    Without either, a random base seed is drawn, so every image still has a seed that reproduces it.
+    Without either, a random base seed is drawn, so every image still has a seed that reproduces it. Seeds are
+    0 to MAX_SEED (what the noise generator keeps); s + i wraps past MAX_SEED to 0. The seeds returned are the ones
+    the noise comes from, and are what the images' parameters record, whichever way they were given.
     """
     if seed is not None and seeds is not None:
         raise ValueError("pass seed (one base seed) or seeds (one per image), not both")
-    if seed is not None and not isinstance(seed, int):
+    if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
         seeds, seed = seed, None
     if seeds is not None:
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+            raise ValueError(f"seeds must be a list of integers, got {seeds!r}")
         seeds = list(seeds)
         if len(seeds) != total:
             raise ValueError(
                 f"got {len(seeds)} seeds for {total} images (prompts x num_images_per_prompt); pass one seed per "
                 "image, or a single seed=s for s, s+1, ..."
             )
-        for value in seeds:
-            _check_seed(value)
-        return [int(s) for s in seeds]
-    if seed is None:
-        seed = random.randrange(MAX_SEED + 1)
-    _check_seed(seed)
-    return [(seed + i) % (MAX_SEED + 1) for i in range(total)]
-
-
-def _check_seed(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**63 - 1:
-        raise ValueError(f"a seed must be a non-negative integer, got {value!r}")
+        return [check_seed(value) for value in seeds]
+    base = random.randrange(MAX_SEED + 1) if seed is None else check_seed(seed)
+    return [(base + i) % (MAX_SEED + 1) for i in range(total)]
 
 
 def plan_jobs(num_prompts: int, num_images_per_prompt: int, seeds: Sequence[int | None]) -> list[ImageJob]:

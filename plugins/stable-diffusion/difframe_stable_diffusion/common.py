@@ -8,10 +8,13 @@ how a chunk's starting latents are made (and, for inpainting, what happens after
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import math
 import os
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +36,21 @@ from .batching import (
     plan_jobs,
     plan_seeds,
 )
+from .concurrency import ActiveCalls, CallGate, CallState
 from .metadata import GenerationParameters, png_info
+from .numerics import FiniteWatch, check_decoded
+from .request import (
+    check_device,
+    check_guidance,
+    check_memory,
+    check_scaling_factor,
+    minimum_image_bytes,
+    read_geometry,
+)
+from .request import (
+    check_size as check_size_for,
+)
+from .saving import write_png
 from .single_file import SingleFileMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -48,41 +65,54 @@ def rescale_noise_cfg(guided: torch.Tensor, conditional: torch.Tensor, guidance_
     return guidance_rescale * (guided * ratio) + (1 - guidance_rescale) * guided
 
 
+INTERRUPTED_KEY = "Interrupted"  # in an unfinished image's parameters: "after 3 of 10 steps"
+
+
 @dataclass
 class StableDiffusionOutput:
     """Images (a list of PIL images, an (N, H, W, 3) float array, an (N, 3, H, W) tensor or latents), each image's
-    seed and generation parameters, and whether a callback interrupted the run."""
+    seed and generation parameters, and whether a callback interrupted the run.
+
+    After ``pipe.interrupt()`` the images of the chunk that was cut short are still returned, partly denoised:
+    ``finished[i]`` is False for them, and their parameters record the steps that ran ("Steps: 3", "Interrupted:
+    after 3 of 10 steps"). Images of later chunks are not made.
+    """
 
     images: Any
     seeds: list[int | None]
     parameters: list[GenerationParameters]
     interrupted: bool = False
     nsfw_content_detected: None = None  # no safety checker; kept for code written against the reference
+    finished: list[bool] = field(default_factory=list)
 
     def __iter__(self):
         return iter((self.images, self.nsfw_content_detected))
 
-    def save(self, folder: str | os.PathLike[str], prefix: str = "") -> list[Path]:
-        """Save PIL images as PNGs with their parameters embedded: ``<prefix><index>-<seed>.png``."""
+    def save(self, folder: str | os.PathLike[str], prefix: str = "", *, include_unfinished: bool = False) -> list[Path]:
+        """Save PIL images as PNGs with their parameters embedded: ``<prefix><index>-<seed>.png`` (``_1``, ``_2``
+        ... where the name is taken; nothing is overwritten). Each file is written under a temporary name and
+        renamed when complete. Images cut short by ``interrupt()`` are saved only with ``include_unfinished``."""
         if not isinstance(self.images, list):
             raise TypeError("only output_type='pil' images can be saved as PNG")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        finished = self.finished or [True] * len(self.images)
+        skipped = 0
         paths = []
-        for index, (image, params) in enumerate(zip(self.images, self.parameters)):
-            name = f"{prefix}{index:05d}" + (f"-{params.seed}" if params.seed is not None else "") + ".png"
-            path = _unique(folder / name)
-            image.save(path, format="PNG", pnginfo=png_info(params))
-            paths.append(path)
+        for index, (image, params, done) in enumerate(zip(self.images, self.parameters, finished)):
+            if not done and not include_unfinished:
+                skipped += 1
+                continue
+            stem = f"{prefix}{index:05d}" + (f"-{params.seed}" if params.seed is not None else "")
+            paths.append(write_png(image, folder, stem + ("" if done else "-unfinished"), png_info(params)))
+        if skipped:
+            warnings.warn(
+                f"{skipped} image(s) cut short by interrupt() were not saved; pass include_unfinished=True to save "
+                "them (their parameters say how many steps ran)",
+                UserWarning,
+                stacklevel=2,
+            )
         return paths
-
-
-def _unique(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-        n += 1
-    return candidate
 
 
 @dataclass
@@ -97,6 +127,11 @@ class Chunk:
     guided: bool
     latents: torch.Tensor | None = None  # user-given starting latents for these images
     extras: dict[str, Any] = field(default_factory=dict)
+    sampler: Any = None  # this call's own copy of the pipeline's sampler
+    call: CallState | None = None
+    watch: FiniteWatch | None = None
+    steps_run: int = 0  # loop iterations done (a sampler of order 2 takes two per step)
+    steps_planned: int = 0
 
     @property
     def size(self) -> int:
@@ -119,9 +154,12 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         self.memory_budget: int | None = None  # None: automatic, from free memory
         self._offload_device: torch.device | None = None
         self._active_module: torch.nn.Module | None = None
-        self._interrupted = False
         self._conditioner_cache: Any = None
         self.timings: dict[str, float] | None = None  # set to {} to measure time inside the model calls
+        self._gate = CallGate()  # calls shared, changes to the models exclusive (see concurrency.py)
+        self._calls = ActiveCalls()
+        self._offload_lock = threading.Lock()  # offloading moves shared modules between devices: one call at a time
+        self._timings_lock = threading.Lock()
 
     # --- building -----------------------------------------------------------------------------------------------
     @classmethod
@@ -140,6 +178,12 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
             framework.get("scheduler", options["scheduler"])
         if options.get("attention") is not None and isinstance(options["attention"], str):
             _check_attention_name(framework, options["attention"])
+        if options.get("cpu_offload") not in (None, False, True):
+            check_device(options["cpu_offload"])
+        local = Path(os.path.expanduser(os.fspath(reference)))
+        geometry = read_geometry(local) if local.is_dir() else None
+        if geometry is not None and "vae" not in options:
+            check_scaling_factor(geometry.scaling_factor, os.fspath(local / "vae" / "config.json"))
         pipeline = super().from_pretrained(reference, **options)
         pipeline.model_name = _model_name(reference)
         pipeline._update_legacy_scheduler_config()
@@ -190,17 +234,19 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
 
     # --- memory and speed options -------------------------------------------------------------------------------
     def set_attention(self, name: Any = "auto", **options: Any) -> None:
-        """Attention backend of the UNet and VAE: a registered name ("auto" picks the best available) or object."""
+        """Attention backend of the UNet and VAE: a registered name ("auto" picks the best available) or object.
+        Waits for the calls in progress; calls started afterwards use the new backend."""
         framework = self._framework()
         if isinstance(name, str):
             _check_attention_name(framework, name)
             processor = build_processor(name, framework=framework, **options)
         else:
             processor = name
-        for model in (self.unet, self.vae):
-            if isinstance(model, torch.nn.Module):
-                with contextlib.suppress(ValueError):  # a model without attention modules
-                    set_attention(model, processor)
+        with self._gate.exclusive("set_attention"):
+            for model in (self.unet, self.vae):
+                if isinstance(model, torch.nn.Module):
+                    with contextlib.suppress(ValueError):  # a model without attention modules
+                        set_attention(model, processor)
 
     def enable_attention_slicing(self, slice_size: int | str = "auto") -> None:
         """Attention a few heads at a time: the score matrices of one slice in memory instead of all heads."""
@@ -211,28 +257,34 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
 
     def enable_vae_slicing(self) -> None:
         """Decode a batch one image at a time: the VAE's peak memory of one image, same results."""
-        self.vae.enable_slicing()
+        with self._gate.exclusive("enable_vae_slicing"):
+            self.vae.enable_slicing()
 
     def disable_vae_slicing(self) -> None:
-        self.vae.disable_slicing()
+        with self._gate.exclusive("disable_vae_slicing"):
+            self.vae.disable_slicing()
 
     def enable_vae_tiling(self, **options: Any) -> None:
         """Decode and encode large images in overlapping tiles: memory bounded by the tile size."""
-        self.vae.enable_tiling(**options)
+        with self._gate.exclusive("enable_vae_tiling"):
+            self.vae.enable_tiling(**options)
 
     def disable_vae_tiling(self) -> None:
-        self.vae.disable_tiling()
+        with self._gate.exclusive("disable_vae_tiling"):
+            self.vae.disable_tiling()
 
     def enable_prepacked_convolutions(self) -> None:
         """CPU inference in float32 reuses the UNet's and VAE's convolution weights reordered once for oneDNN: a
         faster step where latents are small (the built-in model's are 8x8), one more copy of those weights in memory.
         """
-        for model in (self.unet, self.vae):  # any torch module: a plugin's model need not be a ModelMixin
-            prepack_convolutions(model, True)
+        with self._gate.exclusive("enable_prepacked_convolutions"):
+            for model in (self.unet, self.vae):  # any torch module: a plugin's model need not be a ModelMixin
+                prepack_convolutions(model, True)
 
     def disable_prepacked_convolutions(self) -> None:
-        for model in (self.unet, self.vae):
-            prepack_convolutions(model, False)
+        with self._gate.exclusive("disable_prepacked_convolutions"):
+            for model in (self.unet, self.vae):
+                prepack_convolutions(model, False)
 
     def enable_model_cpu_offload(self, device: str | torch.device | None = None) -> None:
         """Keep every model in CPU memory and move each to ``device`` only while it runs (text encoder, then UNet,
@@ -240,17 +292,27 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         cost of one transfer per model per call. Default device: CUDA if available, else the current device."""
         if device is None:
             device = "cuda" if torch.cuda.is_available() else self.device
-        self._offload_device = torch.device(device)
-        self._active_module = None
-        for module in self._modules():
-            module.to("cpu")
+        device = check_device(device)
+        with self._gate.exclusive("enable_model_cpu_offload"):
+            self._offload_device = device
+            self._active_module = None
+            for module in self._modules():
+                module.to("cpu")
 
     def disable_model_cpu_offload(self) -> None:
-        device = self._offload_device
-        self._offload_device = None
-        self._active_module = None
-        if device is not None:
-            self.to(device)
+        with self._gate.exclusive("disable_model_cpu_offload"):
+            device = self._offload_device
+            self._offload_device = None
+            self._active_module = None
+            if device is not None:
+                self.to(device)
+
+    def to(self, device: Any = None, dtype: Any = None) -> Any:
+        """Move or cast every model; waits for the calls in progress."""
+        if isinstance(device, (str, torch.device)):
+            device = check_device(device)
+        with self._gate.exclusive("to"):
+            return super().to(device, dtype)
 
     def set_memory_budget(self, budget: int | str | None) -> None:
         """Bytes that one chunk of a batch may use ("8GB"); None: automatic, from the device's free memory;
@@ -259,7 +321,10 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
 
     def set_scheduler(self, name: str, /, **overrides: Any) -> Any:
         """Swap the sampler in one line: ``pipe.set_scheduler("euler_a")``. The model's noise schedule is kept; the
-        options the current sampler's name implied (Karras sigmas, solver order, ...) are not carried over."""
+        options the current sampler's name implied (Karras sigmas, solver order, ...) are not carried over.
+
+        Every call samples with its own copy of the sampler taken when it starts, so calls in progress (in other
+        threads, or this one's callback) finish with the sampler they started with; later calls use the new one."""
         framework = self._framework()
         config = dict(self.scheduler.config)
         current = self.scheduler_name
@@ -272,8 +337,13 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         return self.scheduler
 
     def interrupt(self) -> None:
-        """Stop denoising after the current step (call it from a step callback); what is done so far is decoded."""
-        self._interrupted = True
+        """Stop denoising after the current step; what is done so far is decoded and returned, marked unfinished.
+
+        From a step callback it stops that call only; from elsewhere (another thread) it stops every call in
+        progress."""
+        current = self._calls.current()
+        for call in [current] if current is not None else self._calls.all():
+            call.interrupted = True
 
     @property
     def execution_device(self) -> torch.device:
@@ -302,11 +372,13 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
 
     def _run(self, label: str, module: Any, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         self._activate(module)
-        if self.timings is None:
+        timings = self.timings
+        if timings is None:
             return function(*args, **kwargs)
         begin = time.perf_counter()
         result = function(*args, **kwargs)
-        self.timings[label] = self.timings.get(label, 0.0) + time.perf_counter() - begin
+        with self._timings_lock:
+            timings[label] = timings.get(label, 0.0) + time.perf_counter() - begin
         return result
 
     # --- sizes ----------------------------------------------------------------------------------------------------
@@ -328,15 +400,18 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         return int(size) * self.vae_scale_factor
 
     def check_size(self, height: int, width: int) -> None:
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         multiple = self.size_multiple
-        if height % multiple or width % multiple:
-            why = f"the VAE's factor {self.vae_scale_factor}"
-            if multiple != self.vae_scale_factor:
-                why += f" times the UNet's downsampling {multiple // self.vae_scale_factor}"
-            raise ValueError(f"height and width must be multiples of {multiple} ({why}), got {height}x{width}")
+        why = f"the VAE's factor {self.vae_scale_factor}"
+        if multiple != self.vae_scale_factor:
+            why += f" times the UNet's downsampling {multiple // self.vae_scale_factor}"
+        check_size_for(height, width, multiple, why)
+
+    def check_memory(self, height: int, width: int) -> None:
+        """Refuse up front a size whose image alone cannot fit in the device's free memory."""
+        itemsize = torch.empty((), dtype=self.unet.dtype).element_size()
+        channels = self.unet.config.block_out_channels[0]
+        needed = minimum_image_bytes(height, width, self.vae_scale_factor, channels, itemsize)
+        check_memory(needed, available_memory(self.execution_device), height, width, self.execution_device)
 
     def estimate_image_bytes(self, height: int, width: int, guided: bool) -> int:
         """A rough peak working memory per image (activations, not weights), for splitting batches into chunks."""
@@ -502,8 +577,7 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        check_guidance(guidance_scale, negative_prompt is not None or negative_prompt_embeds is not None)
         if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
         if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int):
@@ -514,8 +588,14 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise TypeError("callback_on_step_end must be callable: f(pipe, step, timestep, tensors) -> dict")
-        if clip_skip is not None and (not isinstance(clip_skip, int) or clip_skip < 0):
+        if clip_skip is not None and (isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0):
             raise ValueError(f"clip_skip must be a non-negative integer, got {clip_skip!r}")
+        layers = getattr(getattr(self.text_encoder, "config", None), "num_hidden_layers", None)
+        if clip_skip and isinstance(layers, int) and clip_skip >= layers:
+            raise ValueError(f"clip_skip {clip_skip} leaves no layer: the text encoder has {layers} layers")
+        for name, tensor in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{name} holds NaN or infinite values")
         return prompts, negatives, count
 
     def _plan_noise(
@@ -564,9 +644,10 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         return torch.randn(tuple(shape), generator=generators, device=rand_device, dtype=dtype).to(device)
 
     # --- the loop ---------------------------------------------------------------------------------------------
-    def _step_accepts_generator(self) -> bool:
+    @staticmethod
+    def _step_accepts_generator(sampler: Any) -> bool:
         try:
-            return "generator" in inspect.signature(self.scheduler.step).parameters
+            return "generator" in inspect.signature(sampler.step).parameters
         except (TypeError, ValueError):
             return False
 
@@ -584,46 +665,75 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         model_extra: torch.Tensor | None = None,
         after_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The sampling loop over ``timesteps`` for one chunk; returns the final latents."""
-        step_kwargs = {"generator": chunk.generators} if self._step_accepts_generator() else {}
+        """The sampling loop over ``timesteps`` for one chunk; returns the final latents. Stops with a
+        NonFiniteError naming the step and stage where NaN or infinity first appears."""
+        sampler = self.sampler_of(chunk)
+        step_kwargs = {"generator": chunk.generators} if self._step_accepts_generator(sampler) else {}
         embeds = chunk.embeds
+        watch = chunk.watch
+        chunk.steps_planned = len(timesteps)
+        if watch is not None:
+            watch.steps = len(timesteps)
+            watch.record(-1, None, "starting latents", latents, chunk.size)
         self._activate(self.unet)
         for i, t in enumerate(timesteps):
-            if self._interrupted:
+            if chunk.call is not None and chunk.call.interrupted:
                 break
             model_input = torch.cat([latents] * 2) if chunk.guided else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
+            model_input = sampler.scale_model_input(model_input, t)
             if model_extra is not None:
                 model_input = torch.cat([model_input, model_extra], dim=1)
             noise_pred = self._run(
                 "unet", self.unet, self.unet, model_input, t, embeds, cross_attention_kwargs=cross_attention_kwargs
             )
+            if watch is not None:
+                watch.record(i, t, "UNet output", noise_pred, chunk.size)
             if chunk.guided:
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + guidance_scale * (cond - uncond)
                 if guidance_rescale > 0.0:
                     noise_pred = rescale_noise_cfg(noise_pred, cond, guidance_rescale)
-            latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+                if watch is not None:
+                    watch.record(i, t, "guidance", noise_pred, chunk.size)
+            latents = sampler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+            if watch is not None:
+                watch.record(i, t, "sampler step", latents, chunk.size)
             if after_step is not None:
                 latents = after_step(i, t, latents)
+                if watch is not None:
+                    watch.record(i, t, "inpainting blend", latents, chunk.size)
             if callback is not None:
                 tensors = {"latents": latents, "prompt_embeds": embeds, "images": (chunk.start, chunk.stop)}
                 returned = callback(self, i, t, tensors)
                 if returned:
                     latents = returned.get("latents", latents)
                     embeds = returned.get("prompt_embeds", embeds)
+                    if watch is not None:
+                        watch.record(i, t, "callback", latents, chunk.size)
+            chunk.steps_run = i + 1
             progress.update()
+        if watch is not None:
+            watch.check()
         return latents
 
-    def set_timesteps(self, num_inference_steps: int) -> torch.Tensor:
-        self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)
-        return self.scheduler.timesteps
+    def sampler_of(self, chunk: Chunk) -> Any:
+        """The sampler a chunk runs with: its call's own copy (the pipeline's, for a chunk made by hand)."""
+        return chunk.sampler if chunk.sampler is not None else self.scheduler
+
+    def set_timesteps(self, num_inference_steps: int, sampler: Any = None) -> torch.Tensor:
+        """Set ``sampler``'s schedule (a call's own copy; the pipeline's sampler when None) and return it."""
+        sampler = self.scheduler if sampler is None else sampler
+        sampler.set_timesteps(num_inference_steps, device=self.execution_device)
+        return sampler.timesteps
 
     # --- decoding -------------------------------------------------------------------------------------------------
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images (N, 3, H, W) in [0, 1]."""
+        """Latents -> images (N, 3, H, W) in [0, 1] (NaN kept: the caller checks)."""
         image = self._run("vae", self.vae, self.vae.decode, latents / self.vae.config.scaling_factor)
         return (image / 2 + 0.5).clamp(0, 1)
+
+    def check_vae(self) -> None:
+        check_scaling_factor(getattr(self.vae.config, "scaling_factor", None), "the pipeline's VAE")
 
     def encode_images(self, images: torch.Tensor, generators: Any) -> torch.Tensor:
         """Images (N, 3, H, W) in [-1, 1] -> scaled latents, each image sampled with its own generator."""
@@ -681,22 +791,87 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         jobs = plan_jobs(count, num_images_per_prompt, image_seeds)
         if latents is not None and (latents.ndim != 4 or latents.shape[0] != total):
             raise ValueError(f"latents must be ({total}, C, h, w): one per image; got {tuple(latents.shape)}")
+        if latents is not None and not bool(torch.isfinite(latents).all()):
+            raise ValueError("latents hold NaN or infinite values")
         guided = guidance_scale > 1.0
         self.check_chunk_inputs(height, width, total, latents)
+        self.check_memory(height, width)
+        self.check_vae()
         chunk_size = self._chunk_size(total, height, width, guided, memory_budget)
+        one_at_a_time = self._offload_lock if self._offload_device is not None else contextlib.nullcontext()
+        with self._gate.shared(), one_at_a_time:
+            call = CallState(sampler=copy.deepcopy(self.scheduler))  # the call's own: steps mutate a sampler
+            with self._calls.begin(call):
+                return self._generate_locked(
+                    call,
+                    jobs=jobs,
+                    image_seeds=image_seeds,
+                    generators=generators,
+                    chunk_size=chunk_size,
+                    guided=guided,
+                    prompts=prompts,
+                    negatives=negatives,
+                    prompt_embeds=prompt_embeds,
+                    negative_prompt_embeds=negative_prompt_embeds,
+                    height=height,
+                    width=width,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    guidance_rescale=guidance_rescale,
+                    latents=latents,
+                    clip_skip=clip_skip,
+                    output_type=output_type,
+                    callback_on_step_end=callback_on_step_end,
+                    cross_attention_kwargs=cross_attention_kwargs,
+                    strength=strength,
+                    inputs=inputs,
+                )
 
-        self._interrupted = False
+    def _generate_locked(
+        self,
+        call: CallState,
+        *,
+        jobs: list[ImageJob],
+        image_seeds: list[int | None],
+        generators: Any,
+        chunk_size: int,
+        guided: bool,
+        prompts: list[str] | None,
+        negatives: list[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        guidance_rescale: float,
+        latents: torch.Tensor | None,
+        clip_skip: int | None,
+        output_type: str,
+        callback_on_step_end: Any,
+        cross_attention_kwargs: dict[str, Any] | None,
+        strength: float | None,
+        inputs: dict[str, Any] | None,
+    ) -> StableDiffusionOutput:
+        total = len(jobs)
         cond, uncond = self._prompt_embeddings(
             prompts, negatives, prompt_embeds, negative_prompt_embeds, guided, clip_skip
         )
-        results, done = [], 0
+        results, done, steps_done = [], 0, []
         lengths = [cond[job.prompt_index].shape[0] for job in jobs]
         ranges = split_where_changes(chunk_ranges(total, chunk_size), lengths)
         steps_per_chunk = self.steps_to_run(num_inference_steps, strength)
+        sampler_name = self._sampler_name(call.sampler)
+        context = {
+            "seeds": image_seeds,
+            "guidance_scale": float(guidance_scale),
+            "dtype": str(self.unet.dtype).removeprefix("torch."),
+            "sampler": sampler_name,
+        }
         try:
             with self.progress_bar(total=steps_per_chunk * len(ranges)) as progress:
                 for start, stop in ranges:
-                    if self._interrupted:
+                    if call.interrupted:
                         break
                     chunk_jobs = jobs[start:stop]
                     index = [job.prompt_index for job in chunk_jobs]
@@ -715,6 +890,9 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
                         guided=guided,
                         latents=None if latents is None else latents[start:stop],
                         extras=self.chunk_inputs(inputs or {}, chunk_jobs),
+                        sampler=call.sampler,
+                        call=call,
+                        watch=FiniteWatch.for_device(self.execution_device, 0, start, **context),
                     )
                     out = self.run_chunk(
                         chunk,
@@ -728,17 +906,26 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
                         progress=progress,
                         strength=strength,
                     )
-                    results.append(out if output_type == "latent" else self.decode_latents(out))
+                    if output_type != "latent":
+                        out = self.decode_latents(out)
+                        check_decoded(out, start, context)
+                    results.append(out)
+                    ran = steps_per_chunk
+                    if chunk.steps_planned and chunk.steps_run < chunk.steps_planned:
+                        order = max(1, round(chunk.steps_planned / max(steps_per_chunk, 1)))
+                        ran = min(steps_per_chunk, math.ceil(chunk.steps_run / order))
+                    steps_done += [ran] * chunk.size
                     done = stop
         finally:
             self._release()
         images = torch.cat(results) if results else torch.empty(0)
+        finished = [ran == steps_per_chunk for ran in steps_done]
         parameters = [
             GenerationParameters(
                 prompt=prompts[job.prompt_index] if prompts else "",
                 negative_prompt=(negatives[job.prompt_index] if negatives else "") if guided else "",
-                steps=num_inference_steps,
-                scheduler=self.scheduler_name,
+                steps=num_inference_steps if complete else ran,
+                scheduler=sampler_name,
                 guidance_scale=float(guidance_scale),
                 seed=job.seed,
                 width=width,
@@ -747,21 +934,28 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
                 clip_skip=clip_skip,
                 guidance_rescale=float(guidance_rescale) if guided else 0.0,
                 strength=strength,
+                extra={} if complete else {INTERRUPTED_KEY: f"after {ran} of {steps_per_chunk} steps"},
             )
-            for job in jobs[:done]
+            for job, ran, complete in zip(jobs[:done], steps_done, finished)
         ]
         output = images if output_type == "latent" else self.to_output(images, output_type)
         if output_type == "pil":
             for image, params in zip(output, parameters):
                 image.info["parameters"] = params.to_text()
         return StableDiffusionOutput(
-            images=output, seeds=list(image_seeds[:done]), parameters=parameters, interrupted=self._interrupted
+            images=output,
+            seeds=list(image_seeds[:done]),
+            parameters=parameters,
+            interrupted=call.interrupted,
+            finished=finished,
         )
 
     @property
     def scheduler_name(self) -> str | None:
         """The registered name of the current sampler (the most specific one whose class and options match)."""
-        scheduler = self.scheduler
+        return self._sampler_name(self.scheduler)
+
+    def _sampler_name(self, scheduler: Any) -> str | None:
         cached = getattr(scheduler, "_difframe_name", None)
         if cached is not None:
             return cached
@@ -785,14 +979,15 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
             return num_inference_steps
         return min(int(num_inference_steps * strength), num_inference_steps)
 
-    def strength_timesteps(self, num_inference_steps: int, strength: float) -> torch.Tensor:
+    def strength_timesteps(self, num_inference_steps: int, strength: float, sampler: Any = None) -> torch.Tensor:
         """The last ``strength`` of the schedule: image-to-image starts from a partly noised image."""
-        self.set_timesteps(num_inference_steps)
+        sampler = self.scheduler if sampler is None else sampler
+        self.set_timesteps(num_inference_steps, sampler)
         run = self.steps_to_run(num_inference_steps, strength)
-        start = max(num_inference_steps - run, 0) * self.scheduler.order
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(start)
-        return self.scheduler.timesteps[start:]
+        start = max(num_inference_steps - run, 0) * sampler.order
+        if hasattr(sampler, "set_begin_index"):
+            sampler.set_begin_index(start)
+        return sampler.timesteps[start:]
 
     def chunk_inputs(self, inputs: dict[str, Any], jobs: list[ImageJob]) -> dict[str, Any]:
         """Per-image inputs of a chunk (init images, masks), picked from the call's inputs."""

@@ -24,7 +24,7 @@ def test_seed_plans():
         plan_seeds(3, seeds=[1, 2])
     with pytest.raises(ValueError, match="not both"):
         plan_seeds(1, seed=1, seeds=[1])
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="out of range: seeds are 0 to 4294967295"):
         plan_seeds(1, seed=-1)
 
 
