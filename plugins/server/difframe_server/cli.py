@@ -4,6 +4,7 @@ the waiting ones 503, and exits. Importing this module imports neither torch nor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ def add_serve_command(cli: Any) -> None:
     parser.add_argument("--api-auth", help="user:password[,user2:password2]: HTTP basic auth on every route")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="weights dtype")
-    parser.add_argument("--max-queue", type=int, default=32, help="jobs waiting or running before 503 (default 32)")
+    parser.add_argument("--max-queue", type=int, default=64, help="jobs waiting or running before 503 (default 64)")
     parser.add_argument("--max-steps", type=int, default=150, help="steps per request (default 150)")
     parser.add_argument("--max-side", type=int, default=2048, help="largest width or height (default 2048)")
     parser.add_argument("--max-images", type=int, default=16, help="images per request (default 16)")
@@ -80,7 +81,9 @@ def serve(settings: Any) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30)
     server = make_server(config, state)
     print(f"difframe serving {state.options.model.title} at http://{settings.host}:{settings.port}/", file=sys.stderr)
-    server.run()
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled, after shutting down
+        server.run()
+    print("difframe serve: stopped", file=sys.stderr)
     return 0
 
 
