@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .specs import HOOK_KINDS
@@ -13,8 +15,11 @@ from .specs import HOOK_KINDS
 KINDS = sorted(HOOK_KINDS.values())
 
 
-def plugins_report(framework: Any, kind: str | None = None, hook: str | None = None) -> list[dict[str, Any]]:
-    """Installed plugins as plain, sorted data: what each implements and registers, and what is broken."""
+def plugins_report(
+    framework: Any, kind: str | None = None, hook: str | None = None, *, timing: bool = False
+) -> list[dict[str, Any]]:
+    """Installed plugins as plain, sorted data: what each implements and registers, and what is broken.
+    ``timing`` adds the seconds each took to import and register (a slow one is also reported as a problem)."""
     shadowed = {id(r) for r in framework.registry.shadowed}
     report = []
     for info in framework.plugins:
@@ -48,6 +53,8 @@ def plugins_report(framework: Any, kind: str | None = None, hook: str | None = N
                 "problems": [{"stage": p.stage, "message": p.message} for p in info.problems],
             }
         )
+        if timing:
+            report[-1]["load_seconds"] = round(info.load_seconds, 3)
     return report
 
 
@@ -57,7 +64,8 @@ def _print_table(report: list[dict[str, Any]]) -> None:
         return
     for plugin in report:
         status = "  BROKEN" if plugin["broken"] else ""
-        print(f"{plugin['name']} {plugin['version'] or ''}{status}".rstrip())
+        took = f"  ({plugin['load_seconds']:.3f} s)" if "load_seconds" in plugin else ""
+        print(f"{plugin['name']} {plugin['version'] or ''}{status}".rstrip() + took)
         print(f"  hooks: {', '.join(plugin['hooks']) or '-'}")
         rows = [
             (
@@ -76,10 +84,36 @@ def _print_table(report: list[dict[str, Any]]) -> None:
         print()
 
 
-def _cmd_plugins(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """While plugins import, what they print goes to stderr (also at the file-descriptor level, for C code), so
+    stdout holds only the command's own output."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no real stdout (an embedding host): redirect at the Python level only
+        saved = None
+    try:
+        if saved is not None:
+            os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _discover() -> Any:
     from .framework import Framework
 
-    report = plugins_report(Framework(), kind=args.kind, hook=args.hook)
+    with _stdout_to_stderr():
+        return Framework()
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    report = plugins_report(_discover(), kind=args.kind, hook=args.hook, timing=args.timing)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -97,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="print stable, sorted JSON")
     plugins.add_argument("--kind", choices=KINDS, help="only registrations of this kind")
+    plugins.add_argument("--timing", action="store_true", help="add the seconds each plugin took to load")
     plugins.add_argument("--hook", choices=sorted([*HOOK_KINDS, "register_commands"]), help="only plugins with it")
     plugins.set_defaults(func=_cmd_plugins)
     return parser
@@ -122,14 +157,12 @@ def main(argv: Sequence[str] | None = None, *, framework: Any = None) -> int:
 
 def _add_plugin_commands(parser: argparse.ArgumentParser, framework: Any = None) -> None:
     """Let each plugin add subcommands; one that fails is reported on stderr and skipped."""
-    from .framework import Framework
-
-    framework = framework or Framework()
+    framework = framework or _discover()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for impl in framework.plugin_manager.hook.register_commands.get_hookimpls():
         try:
             impl.function(cli=subparsers)
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             print(f"warning: plugin {impl.plugin_name!r} failed to add its commands: {error}", file=sys.stderr)
 
 

@@ -148,7 +148,12 @@ class ConfigMixin:
         """Build from a config (e.g. another component's ``.config``), with keyword overrides on top."""
         values = cls.validate_config({**(config or {}), **overrides})
         known = _init_parameters(cls)
-        instance = cls(**{k: v for k, v in values.items() if k in known})
+        try:
+            instance = cls(**{k: v for k, v in values.items() if k in known})
+        except ConfigError:
+            raise
+        except ValueError as error:  # a constructor's own check: a ConfigError naming the class
+            raise ConfigError(f"invalid config for {cls.__name__}: {error}") from error
         extras = {k: v for k, v in values.items() if k not in known}
         if extras:
             instance.register_to_config(**extras)
@@ -188,6 +193,11 @@ class ConfigMixin:
     ) -> T:
         """Build from a saved config alone (schedulers); weight options are accepted and ignored."""
         return cls.from_config(cls.load_config(reference, subfolder=subfolder, **hub))
+
+    @classmethod
+    def check_pretrained(cls, reference: str | os.PathLike[str], *, subfolder: str | None = None, **_: Any) -> None:
+        """What ``from_pretrained`` checks, for a component built from its config alone (it reads no weights)."""
+        cls.from_pretrained(reference, subfolder=subfolder)
 
     def save_pretrained(
         self, folder: str | os.PathLike[str], *, variant: str | None = None, atomic: bool = True

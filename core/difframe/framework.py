@@ -135,7 +135,8 @@ class Framework:
 
     def create(self, kind: str, name: str, /, config: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
         """Build a component by name: its spec's options, then ``config``, then ``overrides``, validated first."""
-        registration, factory = self.first_working(self.registry.candidates(kind, self.get(kind, name).name))
+        self.get(kind, name)  # an unknown name: the error lists the plugins that failed to load
+        registration, factory = self.first_working(self.registry.candidates(kind, name))
         values = {**(config or {}), **registration.spec.options, **overrides}
         if hasattr(factory, "from_config"):
             label = f"{kind.replace('_', ' ')} {registration.name!r} ({factory.__name__})"
@@ -155,6 +156,7 @@ class Framework:
         ``backend`` (a registered backend, default "eager") with ``backend_options``, or ``compile=True``, chooses
         where the models run; ``dtype="auto"`` picks bfloat16 on CPUs that have it in hardware (docs/backends.md).
         """
+        self.get("pipeline", pipeline)
         registration, pipeline_class = self.first_working(self.registry.candidates("pipeline", pipeline))
         if model is None and registration.spec.default_model is not None:
             model = packaged_folder(registration.spec.default_model)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .atomic import atomic_directory
 from .configuration import ConfigMixin
-from .errors import ModelLoadError
+from .errors import ConfigError, DifframeError, ModelLoadError
 from .weights import find_weights, read_state_dict, write_state_dict
 
 M = TypeVar("M", bound="ModelMixin")
@@ -164,15 +164,56 @@ class ModelMixin(nn.Module, ConfigMixin):
             local_files_only=local_files_only,
             token=token,
         )
+        from .placement import check_device, check_dtype
+
+        torch_dtype, device = check_dtype(torch_dtype), check_device(device)
         folder = contained(root, subfolder, named_by="subfolder") if subfolder else root
         config = cls.load_config(folder)
         files = find_weights(folder, cls.weights_name, variant, allow_pickle)
-        with parameters_on_meta():
-            model = cls.from_config(config, **config_overrides)
+        model = cls._skeleton(config, folder, **config_overrides)
         model.load_weights(read_state_dict(files), source=folder, dtype=torch_dtype)
         if device is not None:
             model.to(device)
         return model.eval()
+
+    @classmethod
+    def _skeleton(cls: type[M], config: dict[str, Any], folder: Path, **overrides: Any) -> M:
+        """The model built from its config on the meta device (no weights); any failure is a ConfigError."""
+        try:
+            with parameters_on_meta():
+                return cls.from_config(config, **overrides)
+        except DifframeError:
+            raise
+        except (RuntimeError, ValueError, TypeError, ZeroDivisionError, IndexError, KeyError) as error:
+            raise ConfigError(
+                f"{folder / cls.config_name} does not describe a {cls.__name__} that can be built: "
+                f"{type(error).__name__}: {error}. Fix the value it names (channel counts and sizes must be "
+                "positive), or save the model again."
+            ) from None
+
+    @classmethod
+    def check_pretrained(
+        cls,
+        reference: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        variant: str | None = None,
+        allow_pickle: bool = False,
+        torch_dtype: torch.dtype | None = None,
+        **_: Any,
+    ) -> None:
+        """Everything ``from_pretrained`` checks, without reading a weight: paths, config, weights files present."""
+        from .paths import check_subfolder, check_variant, contained
+        from .placement import check_dtype
+
+        check_subfolder(subfolder)
+        check_variant(variant)
+        check_dtype(torch_dtype)
+        root = Path(reference)
+        folder = contained(root, subfolder, named_by="subfolder") if subfolder else root
+        config = cls.load_config(folder)
+        find_weights(folder, cls.weights_name, variant, allow_pickle)
+        cls._skeleton(config, folder)
 
     def load_weights(
         self,

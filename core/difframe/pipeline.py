@@ -5,12 +5,14 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from .atomic import atomic_directory, atomic_write_text
-from .errors import ModelLoadError
+from .errors import DifframeError, ModelLoadError
+from .paths import check_folder, contained
 
 P = TypeVar("P", bound="DiffusionPipeline")
 INDEX_NAME = "model_index.json"
@@ -170,7 +172,11 @@ class DiffusionPipeline:
         """
         from .framework import Framework
         from .hub import resolve, weight_patterns
+        from .paths import check_variant
+        from .placement import check_device, check_dtype
 
+        torch_dtype, device = check_dtype(torch_dtype), check_device(device)
+        check_variant(variant)
         framework = framework or Framework()
         if Path(os.path.expanduser(os.fspath(reference))).is_file():  # a single-file checkpoint
             folder_only = {"variant": variant, "revision": revision, "cache_dir": cache_dir, "token": token}
@@ -206,14 +212,18 @@ class DiffusionPipeline:
         plan = cls._plan(framework, root, index, overrides)
         load_options = {"torch_dtype": torch_dtype, "variant": variant, "allow_pickle": allow_pickle}
         components = dict(overrides)
-        for name, (registration, loader) in plan.items():
-            components[name] = _load_component(loader, registration, root, name, load_options)
-        for name, value in overrides.items():
+        for name, value in overrides.items():  # cheap to build, and each may be refused: before any weight
             if isinstance(value, str) and cls.declared[name].kind == "scheduler":
-                config = _scheduler_config(root, name)
+                config = _scheduler_config(root, name, index, value)
                 components[name] = framework.scheduler(value, config)
             elif isinstance(value, str):
                 components[name] = framework.create(cls.declared[name].kind, value)
+        for name, (registration, loader) in plan.items():  # every config and file, before any weight
+            check = getattr(loader, "check_pretrained", None)
+            if check is not None:
+                _in_component(name, registration, check, root, subfolder=name, **load_options)
+        for name, (registration, loader) in plan.items():
+            components[name] = _load_component(loader, registration, root, name, load_options)
         pipeline = cls(**components)
         pipeline.framework = framework
         if not progress:
@@ -261,18 +271,19 @@ class DiffusionPipeline:
             if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
                 raise ModelLoadError(f"{root / INDEX_NAME}: entry {name!r} must be [library, class], got {entry!r}")
             folder = root / name
+            check_folder(root, folder)
             if not folder.is_dir():
                 if component.optional:
                     continue
                 raise ModelLoadError(f"{root} lists component {name!r} but has no folder {name}/")
             library, class_name = entry
-            registration = framework.registry.for_layout(library, class_name)
-            if registration is None:
+            candidates = framework.registry.layout_candidates(library, class_name)
+            if not candidates:
                 raise ModelLoadError(
                     f"no installed plugin loads {entry!r} (component {name!r} of {root}). Install the plugin that "
                     f"provides it, or pass {name}=... yourself. `difframe plugins --json` lists what each plugin loads."
                 )
-            plan[name] = (registration, framework.load_factory(registration))
+            plan[name] = framework.first_working(candidates)
         return plan
 
 
@@ -283,7 +294,7 @@ def _version() -> str:
 
 
 def _read_index(root: Path) -> dict[str, Any]:
-    path = root / INDEX_NAME
+    path = contained(root, INDEX_NAME, named_by=f"model folder {root}")
     if not path.is_file():
         raise ModelLoadError(
             f"{root} has no {INDEX_NAME}: it is not a pipeline folder. A single model folder (config.json) loads "
@@ -309,16 +320,47 @@ def _read_index(root: Path) -> dict[str, Any]:
     return index
 
 
-def _scheduler_config(root: Path, name: str) -> dict[str, Any]:
-    path = root / name / "scheduler_config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _scheduler_config(root: Path, name: str, index: dict[str, Any], sampler: str) -> dict[str, Any]:
+    """The model's noise schedule, for a sampler given by name. A model that lists a scheduler but lacks its config
+    is an error: the sampler would silently run the default schedule instead of the model's."""
+    path = contained(root, f"{name}/scheduler_config.json", named_by=INDEX_NAME)
+    listed = isinstance(index.get(name), list) and index[name][:1] != [None]
+    if not path.is_file():
+        if listed:
+            raise ModelLoadError(
+                f"{root} lists a {name} but has no {name}/scheduler_config.json, so {sampler!r} cannot take the "
+                f"model's noise schedule. Restore the file, or pass {name}= a sampler object built with the model's "
+                "schedule."
+            )
+        warnings.warn(
+            f"{root} has no {name} config: sampler {sampler!r} uses its default noise schedule, which may not be "
+            "the one the model was trained with",
+            stacklevel=4,
+        )
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelLoadError(f"{path} is not valid JSON ({error}); restore it or save the model again") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    return config
+
+
+def _in_component(name: str, registration: Any, action: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``action``; a difframe error names the component and the plugin that loads it."""
+    try:
+        return action(*args, **kwargs)
+    except DifframeError as error:
+        try:
+            labelled = type(error)(f"component {name!r} ({registration.spec.factory}): {error}")
+        except Exception:
+            raise error from None
+        raise labelled from None
 
 
 def _load_component(loader: Any, registration: Any, root: Path, name: str, options: dict[str, Any]) -> Any:
-    try:
-        return loader.from_pretrained(root, subfolder=name, **options)
-    except ModelLoadError as error:
-        raise ModelLoadError(f"component {name!r} ({registration.spec.factory}): {error}") from None
+    return _in_component(name, registration, loader.from_pretrained, root, subfolder=name, **options)
 
 
 def _save_component(value: Any, folder: Path, variant: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from .specs import HOOK_KINDS, SPEC_TYPES
 ENTRY_POINT_GROUP = "difframe"
 LOAD_ENV = "DIFFRAME_LOAD_PLUGINS"  # comma-separated: load only these plugins ("" loads none)
 DISABLE_ENV = "DIFFRAME_DISABLE_PLUGINS"  # comma-separated: skip these plugins
+SLOW_ENV = "DIFFRAME_SLOW_PLUGIN_SECONDS"  # a plugin whose import and hooks take longer is reported as slow
+SLOW_DEFAULT_S = 1.0
 
 
 @dataclass
@@ -31,10 +34,11 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     registrations: list[Registration] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    load_seconds: float = 0.0  # importing the plugin and running its registration hooks
 
     @property
     def broken(self) -> bool:
-        return any(p.stage in ("import", "hook") for p in self.problems)
+        return any(p.stage in ("import", "hook", "factory") for p in self.problems)
 
 
 def _names_from_env(variable: str) -> set[str] | None:
@@ -61,7 +65,16 @@ def selected_entry_points() -> list[EntryPoint]:
 
 
 def _short_error(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return f"called sys.exit({error.code!r})"
     return f"{type(error).__name__}: {error}"
+
+
+def _slow_threshold() -> float:
+    try:
+        return float(os.environ.get(SLOW_ENV, SLOW_DEFAULT_S))
+    except ValueError:
+        return SLOW_DEFAULT_S
 
 
 class PluginLoader:
@@ -79,11 +92,14 @@ class PluginLoader:
         version = point.dist.version if point.dist is not None else None
         info = PluginInfo(name=name, version=version, module=point.value)
         self.plugins[name] = info
+        started = time.perf_counter()
         try:
             plugin = point.load()
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # a plugin that exits at import is reported, not fatal
             self._problem(info, "import", f"failed to import {point.value}: {_short_error(error)}")
             return
+        finally:
+            info.load_seconds += time.perf_counter() - started
         self._register(info, plugin)
 
     def add_object(self, plugin: Any, name: str | None = None) -> None:
@@ -107,15 +123,31 @@ class PluginLoader:
             caller = getattr(self.manager.hook, hook_name)
             for impl in sorted(caller.get_hookimpls(), key=lambda i: i.plugin_name):
                 info = self.plugins[impl.plugin_name]
+                started = time.perf_counter()
                 try:
                     impl.function(register=self._register_callback(info, kind))
-                except Exception as error:
+                except (Exception, SystemExit) as error:
                     where = traceback.extract_tb(error.__traceback__)[-1]
                     self._problem(
                         info,
                         "hook",
                         f"{hook_name} raised {_short_error(error)} (at {where.filename}:{where.lineno})",
                     )
+                finally:
+                    info.load_seconds += time.perf_counter() - started
+
+    def report_slow(self) -> None:
+        """Name the plugins that make every Framework() and `difframe plugins` wait."""
+        threshold = _slow_threshold()
+        for info in self.plugins.values():
+            if info.load_seconds > threshold:
+                self._problem(
+                    info,
+                    "slow",
+                    f"took {info.load_seconds:.1f} s to import and register (over {threshold:g} s, "
+                    f"{SLOW_ENV}); every Framework() and `difframe plugins` waits for it. Import heavy modules in "
+                    "the factories, not at plugin import, or disable it with DIFFRAME_DISABLE_PLUGINS.",
+                )
 
     def _register_callback(self, info: PluginInfo, kind: str) -> Callable[..., None]:
         spec_type = SPEC_TYPES[kind]
@@ -164,6 +196,7 @@ def load_plugins(
     for plugin in plugins or ():
         loader.add_object(plugin)
     loader.collect()
+    loader.report_slow()
     for problem in registry.problems:  # conflicts are found by the registry; attach them to their plugin
         info = loader.plugins.get(problem.plugin)
         if info is not None and problem not in info.problems:

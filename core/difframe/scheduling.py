@@ -8,7 +8,7 @@ noise level of the equivalent variance-exploding process (k-diffusion's σ), so 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, ClassVar, Literal
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .configuration import ConfigMixin
+from .errors import ConfigError
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sqrt"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
@@ -284,6 +285,46 @@ def broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.flatten().reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def check_schedule_values(values: Mapping[str, Any], label: str) -> None:
+    """Range checks of the shared scheduler_config.json fields, so a bad value is refused when the sampler is
+    built (naming the field and what would work) instead of failing or misbehaving mid-run."""
+
+    def number(name: str) -> float | None:
+        value = values.get(name)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    problems = []
+    steps = values.get("num_train_timesteps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 2):
+        problems.append(f"num_train_timesteps must be an integer of at least 2 (SD uses 1000), got {steps!r}")
+    for name in ("beta_start", "beta_end"):
+        value = number(name)
+        if value is not None and not 0 <= value < 1:
+            problems.append(f"{name} must lie in [0, 1), got {values[name]!r}")
+    betas = values.get("trained_betas")
+    if betas is not None:
+        flat = [float(b) for b in np.asarray(betas, dtype=np.float64).reshape(-1)] if len(betas) else []
+        if not flat or not all(0 <= b <= 1 for b in flat):
+            problems.append("trained_betas must be a non-empty list of values in [0, 1]")
+        elif isinstance(steps, int) and len(flat) != steps:
+            problems.append(f"trained_betas has {len(flat)} values but num_train_timesteps is {steps}")
+    offset = values.get("steps_offset")
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+        problems.append(f"steps_offset must be a non-negative integer (0 or 1), got {offset!r}")
+    for name in ("sigma_min", "sigma_max", "clip_sample_range", "sample_max_value"):
+        value = number(name)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            problems.append(f"{name} must be a positive number, got {values[name]!r}")
+    low, high = number("sigma_min"), number("sigma_max")
+    if low is not None and high is not None and low >= high:
+        problems.append(f"sigma_min ({low}) must be below sigma_max ({high})")
+    ratio = number("dynamic_thresholding_ratio")
+    if ratio is not None and not 0 < ratio <= 1:
+        problems.append(f"dynamic_thresholding_ratio must lie in (0, 1], got {ratio}")
+    if problems:
+        raise ConfigError(f"invalid scheduler config for {label}: " + "; ".join(problems))
+
+
 class SchedulerMixin(ConfigMixin):
     """Every sampler: set_timesteps, scale_model_input, step, add_noise, init_noise_sigma, order.
 
@@ -296,6 +337,12 @@ class SchedulerMixin(ConfigMixin):
     init_noise_sigma: float = 1.0
     timesteps: torch.Tensor
     num_inference_steps: int | None = None
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any], *, label: str | None = None) -> dict[str, Any]:
+        values = super().validate_config(config, label=label)
+        check_schedule_values(values, label or cls.__name__)
+        return values
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
         raise NotImplementedError
