@@ -528,7 +528,7 @@ def _check_parts_present(file: CheckpointFile, plan: Plan, layout: str | None, o
     if "text_encoder" not in overrides and layout is None:
         absent.append(f"the text encoder ({CLIP_PREFIX}* or {OPENCLIP_PREFIX}*): pass text_encoder=<a CLIPTextModel>")
     if absent:
-        raise ModelLoadError(f"{file.path} has no " + "; no ".join(absent))
+        raise ModelLoadError(f"{file.path} lacks " + "; and ".join(absent))
 
 
 def _flat_clip(table: dict[str, Source]) -> dict[str, Source]:
