@@ -4,10 +4,15 @@ image from the parameters embedded in its PNG. Importing this module does not im
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+INTERRUPTED_KEY = "Interrupted"  # as common.INTERRUPTED_KEY; common imports torch, this module must not
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -19,6 +24,8 @@ def parse_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must look like 512 or 768x512 (width x height), got {text!r}")
     width = int(match.group(1))
     height = int(match.group(2) or width)
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be positive, got {text!r}")
     return width, height
 
 
@@ -48,7 +55,9 @@ def add_generate_command(cli: Any) -> None:
     parser.add_argument("--steps", type=int, help="denoising steps (default 25)")
     parser.add_argument("-g", "--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
     parser.add_argument("--guidance-rescale", type=float, help="guidance rescale in [0, 1] (default 0)")
-    parser.add_argument("--seed", type=int, help="seed of the first image; image i gets seed+i (default random)")
+    parser.add_argument(
+        "--seed", type=int, help="seed of the first image, 0 to 4294967295; image i gets seed+i (default or -1: random)"
+    )
     parser.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT or one number (default: the model's)")
     parser.add_argument("-b", "--batch", type=int, default=1, help="how many images (default 1)")
     parser.add_argument("--clip-skip", type=int, help="skip the last N CLIP layers")
@@ -63,24 +72,63 @@ def add_generate_command(cli: Any) -> None:
     parser.add_argument("--memory-budget", help="bytes one chunk of the batch may use, e.g. 6GB (default auto)")
     parser.add_argument("--cpu-offload", action="store_true", help="keep models in RAM, each on the GPU as it runs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .jobs.command import add_job_options
+
+    add_job_options(parser)
     parser.set_defaults(func=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    if args.prompts:  # a job file, on the local engine or Ray
+        from .jobs.command import run_job_file
+
+        return run_job_file(args)
+    from difframe.errors import DifframeError
+
     try:
         return _run(args)
-    except (ValueError, TypeError, OSError) as error:  # bad input: a message, not a traceback
+    except (ValueError, TypeError, OSError, DifframeError) as error:  # bad input: a message, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: images not listed above were not saved", file=sys.stderr)
+        return 130
+
+
+@dataclass
+class Request:
+    """A `difframe generate` run, checked whole before any weight is read."""
+
+    pipeline: str
+    params: Any
+    call: dict[str, Any]
+    build: dict[str, Any]
+    out: Path
 
 
 def _run(args: argparse.Namespace) -> int:
+    request = validate(args)
+    if request is None:
+        return 2
+    return _generate(args, request)
+
+
+def validate(args: argparse.Namespace) -> Request | None:
+    """Every check that needs no weights: the numbers, the names, the files, the model's configs, the memory one
+    image needs and the output folder. Returns None after printing why when the run cannot go ahead."""
     from .metadata import GenerationParameters, read_parameters
 
     params = read_parameters(args.from_png) if args.from_png else None
     if params is None and not args.prompt:
         print("error: give a prompt, or --from-png IMAGE", file=sys.stderr)
-        return 2
+        return None
+    if args.from_png and INTERRUPTED_KEY in params.extra and args.steps is None:
+        print(
+            f"error: {args.from_png} is an unfinished image (Interrupted: {params.extra[INTERRUPTED_KEY]}): it "
+            "cannot be made again; pass --steps N to make a finished image from its other parameters",
+            file=sys.stderr,
+        )
+        return None
     if params is None:
         params = GenerationParameters(prompt=args.prompt, steps=25, scheduler="dpmpp", width=0, height=0)
     overrides = {
@@ -98,32 +146,155 @@ def _run(args: argparse.Namespace) -> int:
     if args.size:
         overrides["width"], overrides["height"] = args.size
     params = params.replace(**{k: v for k, v in overrides.items() if v is not None})
+    params.extra.pop(INTERRUPTED_KEY, None)
+    if params.seed == -1:  # the web UIs' "random"
+        params = params.replace(seed=None)
     default = _default_model_name()
     if params.model == default:  # a PNG made with the built-in model names it by its folder
         params = params.replace(model=None)
     if not params.model and default is None:
         print("error: no model: pass --model FOLDER_OR_HUB_ID", file=sys.stderr)
-        return 2
+        return None
     if args.model_config and not (params.model and Path(params.model).expanduser().is_file()):
         print("error: --model-config applies to a single-file --model (a .safetensors file)", file=sys.stderr)
-        return 2
+        return None
     if args.mask and not args.image:
         print("error: --mask needs --image", file=sys.stderr)
-        return 2
+        return None
+    if args.strength is not None and not args.image:
+        print("error: --strength needs --image (image-to-image or inpainting)", file=sys.stderr)
+        return None
     if args.from_png and params.strength is not None and not args.image:
         print(
             f"error: {args.from_png} was made from an init image (Denoising strength {params.strength}); pass it "
             "with --image",
             file=sys.stderr,
         )
-        return 2
-    return _generate(args, params)
+        return None
+    _check_numbers(args, params)
+    build = _build_options(args, params)
+    call: dict[str, Any] = {}
+    pipeline = "stable-diffusion"
+    if args.image:
+        pipeline = "stable-diffusion-inpaint" if args.mask else "stable-diffusion-img2img"
+        call["image"] = _open_image(args.image, "--image")
+        if args.mask:
+            call["mask_image"] = _open_image(args.mask, "--mask")
+            if call["mask_image"].size != call["image"].size:
+                raise ValueError(
+                    f"--mask is {call['mask_image'].size[0]}x{call['mask_image'].size[1]} but --image is "
+                    f"{call['image'].size[0]}x{call['image'].size[1]}; they must have the same size"
+                )
+        if params.strength is not None:
+            call["strength"] = params.strength
+    _check_against_model(params, build, call)
+    if params.width and params.height:
+        call["width"], call["height"] = params.width, params.height
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out} is not writable")
+    return Request(pipeline=pipeline, params=params, call=call, build=build, out=out)
+
+
+def _check_numbers(args: argparse.Namespace, params: Any) -> None:
+    from .request import check_guidance, check_positive_int, check_seed, check_strength
+
+    check_positive_int("--steps", params.steps)
+    check_positive_int("--batch", args.batch)
+    check_guidance(params.guidance_scale, bool(params.negative_prompt))
+    if not 0.0 <= params.guidance_rescale <= 1.0:
+        raise ValueError(f"--guidance-rescale must be in [0, 1], got {params.guidance_rescale}")
+    if params.seed is not None:
+        check_seed(params.seed)
+    if params.clip_skip is not None and params.clip_skip < 0:
+        raise ValueError(f"--clip-skip must be 0 or more, got {params.clip_skip}")
+    if params.strength is not None:
+        check_strength(params.strength, params.steps)
+    for name, value in (("width", params.width), ("height", params.height)):
+        if value < 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
+    import torch
+    from difframe import Framework
+
+    from .batching import parse_bytes
+    from .common import _check_attention_name
+    from .request import check_device
+
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = args.dtype or ("float32" if device.type == "cpu" else "float16")
+    framework = Framework()
+    scheduler = params.scheduler or "dpmpp"
+    framework.get("scheduler", scheduler)  # an unknown name: the list of installed ones, before loading
+    _check_attention_name(framework, args.attention)
+    options: dict[str, Any] = {"scheduler": scheduler, "attention": args.attention, "framework": framework}
+    if args.memory_budget:
+        parse_bytes(args.memory_budget)
+        options["memory_budget"] = args.memory_budget
+    if args.cpu_offload:
+        options["cpu_offload"] = str(device)
+    else:
+        options["device"] = str(device)
+    if args.model_config:
+        options["config"] = args.model_config
+    if args.allow_pickle:
+        options["allow_pickle"] = True
+    options["dtype"] = getattr(torch, dtype)
+    return options
+
+
+def _open_image(path: str, option: str) -> Any:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except OSError as error:
+        raise ValueError(f"{option} {path}: not a readable image ({error})") from None
+
+
+def _check_against_model(params: Any, build: dict[str, Any], call: dict[str, Any]) -> None:
+    """Size, VAE scale and memory from the model folder's configs (a local folder or the built-in model)."""
+    from difframe import Framework
+    from difframe.framework import packaged_folder
+
+    from .batching import available_memory
+    from .images import default_size
+    from .request import check_memory, check_scaling_factor, check_size, minimum_image_bytes, read_geometry
+
+    reference = params.model or Framework().get("pipeline", "stable-diffusion").spec.default_model
+    folder = Path(os.path.expanduser(packaged_folder(reference)))
+    geometry = read_geometry(folder) if folder.is_dir() else None
+    if geometry is None:  # a hub id or a plugin's layout: the pipeline checks after loading, before denoising
+        return
+    check_scaling_factor(geometry.scaling_factor, str(folder / "vae" / "config.json"))
+    multiple = geometry.size_multiple
+    if params.width and params.height:
+        height, width = params.height, params.width
+    elif "image" in call:
+        height, width = default_size(call["image"], multiple)
+    else:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        sample = unet.get("sample_size", 64)
+        height = width = int(sample if isinstance(sample, int) else sample[0]) * geometry.vae_factor
+    why = f"the VAE's factor {geometry.vae_factor}"
+    if geometry.unet_downsampling != 1:
+        why += f" times the UNet's downsampling {geometry.unet_downsampling}"
+    check_size(height, width, multiple, why)
+    itemsize = build["dtype"].itemsize
+    device = build.get("device") or build.get("cpu_offload")
+    needed = minimum_image_bytes(height, width, geometry.vae_factor, geometry.unet_channels, itemsize)
+    check_memory(needed, available_memory(device), height, width, device)
 
 
 def _default_model_name() -> str | None:
     """The folder name of the text-to-image pipeline's built-in model, if it has one installed."""
-    from pathlib import Path
-
     from difframe import Framework
     from difframe.errors import DifframeError
     from difframe.framework import packaged_folder
@@ -135,39 +306,15 @@ def _default_model_name() -> str | None:
         return None
 
 
-def _generate(args: argparse.Namespace, params: Any) -> int:
-    import torch
+def _generate(args: argparse.Namespace, request: Request) -> int:
     from difframe import Framework
-    from PIL import Image
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("float32" if device == "cpu" else "float16")
-    pipeline = "stable-diffusion"
-    call: dict[str, Any] = {}
-    if args.image:
-        pipeline = "stable-diffusion-inpaint" if args.mask else "stable-diffusion-img2img"
-        call["image"] = Image.open(args.image).convert("RGB")
-        if args.mask:
-            call["mask_image"] = Image.open(args.mask)
-        if params.strength is not None:
-            call["strength"] = params.strength
-    options: dict[str, Any] = {"scheduler": params.scheduler or "dpmpp", "attention": args.attention}
-    if args.memory_budget:
-        options["memory_budget"] = args.memory_budget
-    if args.cpu_offload:
-        options["cpu_offload"] = device
-    else:
-        options["device"] = device
-    if args.model_config:
-        options["config"] = args.model_config
-    if args.allow_pickle:
-        options["allow_pickle"] = True
-    pipe = Framework().build(pipeline, model=params.model, dtype=getattr(torch, dtype), **options)
+    params = request.params
+    framework = request.build.pop("framework", None) or Framework()
+    pipe = framework.build(request.pipeline, model=params.model, **request.build)
     if getattr(pipe, "single_file", None) is not None:
         print(f"{pipe.single_file.path.name}: {pipe.single_file.description}", file=sys.stderr)
     pipe.set_progress_bar_config(desc="denoising", leave=True, disable=args.no_progress)
-    if params.width and params.height:
-        call["width"], call["height"] = params.width, params.height
     output = pipe(
         params.prompt,
         negative_prompt=params.negative_prompt or None,
@@ -177,8 +324,8 @@ def _generate(args: argparse.Namespace, params: Any) -> int:
         num_images_per_prompt=args.batch,
         seed=params.seed,
         clip_skip=params.clip_skip,
-        **call,
+        **request.call,
     )
-    for path in output.save(args.out):
-        print(path)
+    for path in output.save(request.out):
+        print(path, flush=True)
     return 0
