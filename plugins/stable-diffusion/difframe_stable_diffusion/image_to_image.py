@@ -66,7 +66,8 @@ class StableDiffusionImg2ImgPipeline(NetworksMixin, StableDiffusionBase):
         if len(sizes) > 1:
             raise ValueError(f"the init images have different sizes {sorted(sizes)}; pass images of one size")
         default_h, default_w = default_size(images[0], self.size_multiple)
-        height, width = height or default_h, width or default_w
+        height = default_h if height is None else height  # 0 is an error, not the default
+        width = default_w if width is None else width
         self.check_size(height, width)
         pixels = preprocess_images(images, height, width)
         return self._generate(

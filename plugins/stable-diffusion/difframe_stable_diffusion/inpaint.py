@@ -76,7 +76,8 @@ class StableDiffusionInpaintPipeline(NetworksMixin, StableDiffusionBase):
             )
         self.check_unet_channels()
         default_h, default_w = default_size(images[0], self.size_multiple)
-        height, width = height or default_h, width or default_w
+        height = default_h if height is None else height  # 0 is an error, not the default
+        width = default_w if width is None else width
         self.check_size(height, width)
         inputs = {"image": preprocess_images(images, height, width), "mask": preprocess_masks(masks, height, width)}
         return self._generate(

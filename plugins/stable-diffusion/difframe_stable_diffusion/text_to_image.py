@@ -55,8 +55,8 @@ class StableDiffusionPipeline(NetworksMixin, StableDiffusionBase):
             callback_on_step_end,
             clip_skip,
         )
-        height = height or self.default_size()
-        width = width or self.default_size()
+        height = self.default_size() if height is None else height  # 0 is an error, not the default
+        width = self.default_size() if width is None else width
         return self._generate(
             prompts=prompts,
             negatives=negatives,
