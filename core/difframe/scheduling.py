@@ -19,10 +19,11 @@ import torch
 from .configuration import ConfigMixin
 from .errors import ConfigError
 
-BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sqrt"]
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sqrt", "exp", "laplace", "sigmoid"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 TimestepSpacing = Literal["leading", "trailing", "linspace"]
 FinalSigmas = Literal["zero", "sigma_min"]
+FixedVariance = Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"]
 
 
 @dataclass
@@ -34,6 +35,9 @@ class SchedulerOutput:
 
     def __iter__(self):  # allows `prev, x0 = scheduler.step(...)`
         return iter((self.prev_sample, self.pred_original_sample))
+
+    def __getitem__(self, index: int) -> torch.Tensor | None:  # `scheduler.step(...)[0]`, as with a tuple
+        return (self.prev_sample, self.pred_original_sample)[index]
 
 
 # --- the training noise schedule -------------------------------------------------------------------------------
@@ -59,11 +63,28 @@ def make_betas(
         return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
     if beta_schedule == "squaredcos_cap_v2":
         return betas_for_alpha_bar(num_train_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
+    if beta_schedule == "exp":  # the reference's Heun: alpha_bar(t) = e^(-12 t)
+        return betas_for_alpha_bar(num_train_timesteps, lambda t: math.exp(-12.0 * t))
+    if beta_schedule == "laplace":  # the reference's DDPM: log-SNR from a Laplace distribution's quantiles
+        return betas_for_alpha_bar(num_train_timesteps, _laplace_alpha_bar)
+    if beta_schedule == "sigmoid":  # GeoDiff (Xu et al. 2022): a sigmoid ramp from beta_start to beta_end
+        return torch.sigmoid(torch.linspace(-6, 6, num_train_timesteps)) * (beta_end - beta_start) + beta_start
     if beta_schedule == "sqrt":
         # Not in the reference library: the schedule of Li et al. 2022 (Diffusion-LM), alpha_bar(t) = 1 - sqrt(t + s)
         # with s = 1e-4, discretized like the cosine one. beta_start/beta_end are ignored, as for the cosine one.
         return betas_for_alpha_bar(num_train_timesteps, lambda t: 1 - math.sqrt(t + 0.0001))
-    raise ValueError(f"unknown beta_schedule {beta_schedule!r}; use linear, scaled_linear, squaredcos_cap_v2 or sqrt")
+    raise ValueError(
+        f"unknown beta_schedule {beta_schedule!r}; use linear, scaled_linear, squaredcos_cap_v2, sqrt, exp, laplace "
+        "or sigmoid"
+    )
+
+
+def _laplace_alpha_bar(t: float) -> float:
+    """ᾱ(t) of the 'laplace' schedule: log-SNR from a Laplace quantile. It returns sqrt(SNR / (1 + SNR)), the
+    square root of the ᾱ that SNR implies, which is how the reference library defines this schedule."""
+    log_snr = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
+    snr = math.exp(log_snr)
+    return math.sqrt(snr / (1 + snr))
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
@@ -165,8 +186,12 @@ def check_steps(num_inference_steps: int | None, timesteps: Any, sigmas: Any, nu
         values = [float(s) for s in sigmas]
         if len(values) < 2:
             raise ValueError("sigmas needs at least two values: the noise levels to step from and the final one")
-        if any(b >= a for a, b in pairwise(values)) or values[-1] < 0:
-            raise ValueError(f"sigmas must be strictly decreasing and non-negative, got {values}")
+        # Equal neighbours are a step of length zero (the last σ of a final_sigmas_type='sigma_min' schedule is
+        # the σ of timestep 0, which a schedule may already end on); only the final σ may be 0.
+        if any(b > a for a, b in pairwise(values)) or values[-1] < 0 or min(values[:-1]) <= 0:
+            raise ValueError(
+                f"sigmas must not increase, must be positive except the final one, which may be 0; got {values}"
+            )
 
 
 # --- noise levels ----------------------------------------------------------------------------------------------
@@ -196,22 +221,51 @@ def exponential_sigmas(sigma_min: float, sigma_max: float, steps: int) -> np.nda
     return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), steps))
 
 
+def beta_sigmas(sigma_min: float, sigma_max: float, steps: int, a: float = 0.6, b: float = 0.6) -> np.ndarray:
+    """Noise levels at the quantiles of a Beta(a, b) distribution between σ_max and σ_min: dense at both ends
+    (Lee et al. 2024, 'Beta Sampling is All You Need'). Needs scipy for the inverse incomplete beta function."""
+    try:
+        from scipy.special import betaincinv
+    except ImportError:
+        raise ImportError("use_beta_sigmas needs scipy: pip install scipy") from None
+    quantiles = betaincinv(a, b, 1 - np.linspace(0, 1, steps))
+    return sigma_min + quantiles * (sigma_max - sigma_min)
+
+
+# The config flags that respace the noise levels of a schedule, and what each one does.
+RESPACINGS = {
+    "use_karras_sigmas": "karras",
+    "use_exponential_sigmas": "exponential",
+    "use_beta_sigmas": "beta",
+    "use_lu_lambdas": "lu",  # DPM-Solver's: evenly spaced in λ = -log σ, i.e. exponential σs with rounded timesteps
+}
+
+
+def sigma_respacing(config: Any) -> str | None:
+    """Which respacing the config turns on ('karras', 'exponential', 'beta', 'lu') or None; an error for several."""
+    on = [flag for flag in RESPACINGS if config.get(flag)]
+    if len(on) > 1:
+        raise ValueError(f"{' and '.join(on)} cannot be combined; turn on at most one of them")
+    return RESPACINGS[on[0]] if on else None
+
+
 def respace_sigmas(
     sigmas: np.ndarray,
     steps: int,
-    karras: bool,
-    exponential: bool,
+    kind: str | None,
     sigma_min: float | None = None,
     sigma_max: float | None = None,
 ) -> np.ndarray | None:
-    """Karras or exponential noise levels between the ends of ``sigmas`` (descending), or None if neither is on."""
-    if karras and exponential:
-        raise ValueError("use_karras_sigmas and use_exponential_sigmas cannot both be on; choose one")
-    if not (karras or exponential):
+    """Karras, exponential (or Lu) or beta noise levels between the ends of ``sigmas`` (descending), or None."""
+    if kind is None:
         return None
     lo = sigma_min if sigma_min is not None else float(sigmas[-1])
     hi = sigma_max if sigma_max is not None else float(sigmas[0])
-    return karras_sigmas(lo, hi, steps) if karras else exponential_sigmas(lo, hi, steps)
+    if kind == "karras":
+        return karras_sigmas(lo, hi, steps)
+    if kind == "beta":
+        return beta_sigmas(lo, hi, steps)
+    return exponential_sigmas(lo, hi, steps)
 
 
 def alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,6 +303,23 @@ def x0_from_sigma(prediction_type: str, model_output: torch.Tensor, sample: torc
     raise ValueError(f"unknown prediction_type {prediction_type!r}; use epsilon, v_prediction or sample")
 
 
+def split_variance(
+    variance_type: str | None, model_output: torch.Tensor, sample: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mean output, predicted variance) for a model that also predicts its variance (variance_type 'learned' or
+    'learned_range': twice the sample's channels, the mean first); (model_output, None) for any other model."""
+    if variance_type not in ("learned", "learned_range"):
+        return model_output, None
+    channels = sample.shape[1]
+    if model_output.shape[1] != 2 * channels:
+        raise ValueError(
+            f"variance_type={variance_type!r} expects a model output with twice the sample's {channels} channels "
+            f"(mean, then variance), got {model_output.shape[1]}; unset variance_type for a model that predicts no "
+            "variance"
+        )
+    return model_output[:, :channels], model_output[:, channels:]
+
+
 def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     """Imagen's dynamic thresholding: clamp each sample to its ``ratio`` quantile s of |x| (s in [1, max_value])
     and divide by s, so saturated pixels are pushed inwards instead of clipped (Saharia et al. 2022)."""
@@ -283,6 +354,18 @@ def randn_like(
 def broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-sample scalars shaped to broadcast against a batch."""
     return values.flatten().reshape(-1, *([1] * (like.ndim - 1)))
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An option of a sampler's counterpart in the reference library that the sampler does not offer, and why."""
+
+    reason: str
+    default: Any = None  # the value that leaves the option off: accepted, so the reference's own configs load
+    values: tuple[Any, ...] = ()  # when given, only these values are refused (the option itself is implemented)
+
+    def refuses(self, value: Any) -> bool:
+        return value in self.values if self.values else value != self.default
 
 
 def check_schedule_values(values: Mapping[str, Any], label: str) -> None:
@@ -333,6 +416,9 @@ class SchedulerMixin(ConfigMixin):
     """
 
     config_name: ClassVar[str] = "scheduler_config.json"
+    # Config options of the reference counterpart that this sampler refuses: building it with one of them set to
+    # anything but its default is an error that gives the reason (rather than a key kept and silently ignored).
+    refused_options: ClassVar[Mapping[str, Refused]] = {}
     order: ClassVar[int] = 1
     init_noise_sigma: float = 1.0
     timesteps: torch.Tensor
@@ -340,6 +426,12 @@ class SchedulerMixin(ConfigMixin):
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any], *, label: str | None = None) -> dict[str, Any]:
+        for name, refusal in cls.refused_options.items():
+            if name in config and refusal.refuses(config[name]):
+                fix = "use another value" if refusal.values else f"remove it or set it to {refusal.default!r}"
+                raise ConfigError(
+                    f"{label or cls.__name__}: {name}={config[name]!r} is not supported: {refusal.reason}; {fix}"
+                )
         values = super().validate_config(config, label=label)
         check_schedule_values(values, label or cls.__name__)
         return values
@@ -444,8 +536,7 @@ class SigmaScheduler(SchedulerMixin):
 
     def _init_sigmas(self) -> None:
         c = self.config
-        if c.get("use_karras_sigmas") and c.get("use_exponential_sigmas"):
-            raise ValueError("use_karras_sigmas and use_exponential_sigmas cannot both be on; choose one")
+        respacing = sigma_respacing(c)
         self.alphas_cumprod = make_alphas_cumprod(
             c.num_train_timesteps,
             c.beta_start,
@@ -457,7 +548,7 @@ class SigmaScheduler(SchedulerMixin):
         )
         # Read now, while the config holds only this class's own parameters: keys kept from another sampler's config
         # are added after __init__ and must not change how this sampler works.
-        self._karras, self._exponential = bool(c.get("use_karras_sigmas")), bool(c.get("use_exponential_sigmas"))
+        self._respacing = respacing
         self._sigma_bounds = (c.get("sigma_min"), c.get("sigma_max"))
         self._final_sigmas_type = c.get("final_sigmas_type", "zero")
         self.num_inference_steps = None
@@ -479,30 +570,38 @@ class SigmaScheduler(SchedulerMixin):
         *,
         round_karras: bool = False,
         dtype: Any = np.float32,
+        num_train_timesteps: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(training timestep per step, σ per step plus the final σ) for the config's spacing and Karras/exponential
-        options, or for explicit timesteps or σs. ``dtype``: of the spaced timesteps that σ is interpolated at."""
+        """(training timestep per step, σ per step plus the final σ) for the config's spacing and Karras/exponential/
+        beta options, or for explicit timesteps or σs. ``dtype``: of the spaced timesteps that σ is interpolated at.
+        ``num_train_timesteps``: space the steps over this many timesteps instead of the config's."""
         c = self.config
         check_steps(num_inference_steps, timesteps, sigmas, c.num_train_timesteps)
+        if num_train_timesteps is not None and not 1 <= num_train_timesteps <= c.num_train_timesteps:
+            raise ValueError(f"num_train_timesteps must be in [1, {c.num_train_timesteps}], got {num_train_timesteps}")
         train_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod)
         log_sigmas = np.log(train_sigmas)
         if sigmas is not None:
             chosen = np.array([float(s) for s in sigmas], dtype=np.float32)
             return sigma_to_t(chosen[:-1], log_sigmas), chosen
         if timesteps is not None:
-            if self._karras or self._exponential:
-                raise ValueError("explicit timesteps cannot be combined with use_karras_sigmas/use_exponential_sigmas")
+            self._no_respacing_with_timesteps()
             steps = np.array([float(t) for t in timesteps], dtype=dtype)
         else:
-            steps = spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset)
-            steps = steps.astype(dtype)
+            T = num_train_timesteps or c.num_train_timesteps
+            steps = spaced_timesteps(c.timestep_spacing, T, num_inference_steps, c.steps_offset).astype(dtype)
         chosen = np.interp(steps, np.arange(0, len(train_sigmas)), train_sigmas)
-        respaced = respace_sigmas(chosen, len(steps), self._karras, self._exponential, *self._sigma_bounds)
+        respaced = respace_sigmas(chosen, len(steps), self._respacing, *self._sigma_bounds)
         if respaced is not None:
             chosen, steps = respaced, sigma_to_t(respaced, log_sigmas)
-            if round_karras and self._karras:
+            if round_karras and self._respacing == "karras":
                 steps = steps.round()
         return steps, np.concatenate([chosen, [self._final_sigma()]]).astype(np.float32)
+
+    def _no_respacing_with_timesteps(self) -> None:
+        if self._respacing is not None:
+            flag = next(flag for flag, kind in RESPACINGS.items() if kind == self._respacing)
+            raise ValueError(f"explicit timesteps cannot be combined with {flag}; pass sigmas or turn {flag} off")
 
     def _final_sigma(self) -> float:
         """σ after the last step: 0 (a clean sample) or, with final_sigmas_type='sigma_min', the σ of timestep 0."""
@@ -582,6 +681,7 @@ class MultistepScheduler(SigmaScheduler):
         final_sigmas_type: str = "zero",
         final_from_schedule: bool = True,
         upto: int | None = None,
+        spacing: str | None = None,
     ) -> None:
         """Set integer timesteps and their σ. The final σ is 0 for final_sigmas_type='zero'; else the last respaced
         (Karras/exponential) σ if ``final_from_schedule``, or the σ of timestep 0."""
@@ -589,25 +689,23 @@ class MultistepScheduler(SigmaScheduler):
         check_steps(num_inference_steps, timesteps, None, c.num_train_timesteps)
         train_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod)
         log_sigmas = np.log(train_sigmas)
-        karras, exponential = self._karras, self._exponential
         if timesteps is not None:
-            if karras or exponential:
-                raise ValueError("explicit timesteps cannot be combined with use_karras_sigmas/use_exponential_sigmas")
+            self._no_respacing_with_timesteps()
             steps = np.array([int(t) for t in timesteps], dtype=np.int64)
         else:
             steps = spaced_timesteps(
-                c.timestep_spacing,
+                spacing or c.timestep_spacing,
                 c.num_train_timesteps,
                 num_inference_steps,
-                c.steps_offset,
+                c.get("steps_offset", 0),
                 multistep=True,
                 upto=upto,
             ).astype(np.int64)
         sigma_min_0 = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
-        respaced = respace_sigmas(np.flip(train_sigmas).copy(), len(steps), karras, exponential, *self._sigma_bounds)
+        respaced = respace_sigmas(np.flip(train_sigmas).copy(), len(steps), self._respacing, *self._sigma_bounds)
         if respaced is not None:
             sigmas, steps = respaced, sigma_to_t(respaced, log_sigmas)
-            if karras and round_karras:
+            if self._respacing in ("karras", "lu") and round_karras:
                 steps = steps.round()
             last = float(sigmas[-1]) if final_from_schedule else sigma_min_0
         else:
@@ -630,9 +728,30 @@ class MultistepScheduler(SigmaScheduler):
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         return sample
 
+    def mean_output(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The model output without its variance channels, if the config says the model predicts them."""
+        return split_variance(self.config.get("variance_type"), model_output, sample)[0]
+
+    def noise_prediction(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """ε̂ at the current step; with thresholding, the ε̂ that the thresholded x̂_0 implies."""
+        c = self.config
+        alpha_t, sigma_t = alpha_sigma(self.sigmas[self._step_index])
+        model_output = self.mean_output(model_output, sample)
+        if c.prediction_type == "epsilon":
+            eps = model_output
+        elif c.prediction_type == "v_prediction":
+            eps = alpha_t * model_output + sigma_t * sample
+        else:
+            eps = (sample - alpha_t * model_output) / sigma_t
+        if c.thresholding:
+            x0 = dynamic_threshold((sample - sigma_t * eps) / alpha_t, c.dynamic_thresholding_ratio, c.sample_max_value)
+            eps = (sample - alpha_t * x0) / sigma_t
+        return eps
+
     def data_prediction(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """x̂_0 at the current step, thresholded if the config asks for it."""
         c = self.config
+        model_output = self.mean_output(model_output, sample)
         alpha_t, sigma_t = alpha_sigma(self.sigmas[self._step_index])
         if c.prediction_type == "epsilon":
             x0 = (sample - sigma_t * model_output) / alpha_t

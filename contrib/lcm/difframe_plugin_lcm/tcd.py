@@ -65,9 +65,8 @@ class TCDScheduler(ConsistencyScheduler):
         model_output: torch.Tensor,
         timestep: Any,
         sample: torch.Tensor,
-        generator: torch.Generator | None = None,
-        *,
         eta: float = 0.3,
+        generator: torch.Generator | None = None,
     ) -> SchedulerOutput:
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta}")

@@ -55,10 +55,10 @@ class DDIMScheduler(AlphaScheduler):
         model_output: torch.Tensor,
         timestep: Any,
         sample: torch.Tensor,
-        generator: torch.Generator | None = None,
-        *,
         eta: float = 0.0,
         use_clipped_model_output: bool = False,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
     ) -> SchedulerOutput:
         t = int(timestep)
         prev_t = self._prev_timestep(t)
@@ -70,6 +70,9 @@ class DDIMScheduler(AlphaScheduler):
         # σ_t of eq. 16: eta = 0 is DDIM, eta = 1 is DDPM's posterior variance.
         std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
         prev = a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * eps
+        if variance_noise is not None and generator is not None:
+            raise ValueError("pass either generator or variance_noise to DDIM's step, not both")
         if eta > 0:
-            prev = prev + std * randn_like(model_output, generator)
+            noise = variance_noise if variance_noise is not None else randn_like(model_output, generator)
+            prev = prev + std * noise
         return SchedulerOutput(prev, x0)

@@ -13,12 +13,16 @@ from difframe.scheduling import (
     SchedulerOutput,
     TimestepSpacing,
     randn_like,
+    split_variance,
     x0_from_alpha,
 )
+
+from .options import refused_options
 
 
 class DDPMScheduler(AlphaScheduler):
     layout_name = ("diffusers", "DDPMScheduler")
+    refused_options = refused_options("DDPMScheduler")
 
     def __init__(
         self,
@@ -27,7 +31,9 @@ class DDPMScheduler(AlphaScheduler):
         beta_end: float = 0.02,
         beta_schedule: BetaSchedule = "linear",
         trained_betas: list[float] | None = None,
-        variance_type: Literal["fixed_small", "fixed_small_log", "fixed_large"] = "fixed_small",
+        # None (from a DPM-Solver config) is a model that predicts no variance: fixed_small, as in the reference.
+        variance_type: Literal["fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range"]
+        | None = "fixed_small",
         clip_sample: bool = True,
         prediction_type: PredictionType = "epsilon",
         thresholding: bool = False,
@@ -55,6 +61,8 @@ class DDPMScheduler(AlphaScheduler):
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: torch.Generator | None = None
     ) -> SchedulerOutput:
         t = int(timestep)
+        variance_type = self.config.variance_type
+        model_output, predicted_variance = split_variance(variance_type, model_output, sample)
         a_t, a_prev = self.alphas_cumprod[t], self.alpha_prod_at(self._prev_timestep(t))
         alpha_t = a_t / a_prev
         beta_t = 1 - alpha_t  # the β of this (possibly multi-timestep) jump
@@ -65,12 +73,16 @@ class DDPMScheduler(AlphaScheduler):
         if t == 0:
             return SchedulerOutput(mean, x0)
         noise = randn_like(model_output, generator)
-        small = torch.clamp((1 - a_prev) / (1 - a_t) * beta_t, min=1e-20)
-        variance_type = self.config.variance_type
-        if variance_type == "fixed_small":
-            std = small**0.5
-        elif variance_type == "fixed_small_log":
+        small = torch.clamp((1 - a_prev) / (1 - a_t) * beta_t, min=1e-20)  # the posterior's variance
+        if variance_type == "fixed_small_log":
             std = torch.exp(0.5 * torch.log(small))
-        else:  # fixed_large: the prior's variance β_t
+        elif variance_type == "fixed_large":  # the prior's variance β_t
             std = beta_t**0.5
+        elif variance_type == "learned":  # the model's variance itself
+            std = predicted_variance**0.5
+        elif variance_type == "learned_range":  # the model interpolates between both, in log (Nichol & Dhariwal)
+            fraction = (predicted_variance + 1) / 2
+            std = torch.exp(0.5 * (fraction * torch.log(beta_t) + (1 - fraction) * torch.log(small)))
+        else:  # fixed_small (or None)
+            std = small**0.5
         return SchedulerOutput(mean + std * noise, x0)

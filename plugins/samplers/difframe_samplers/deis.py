@@ -72,7 +72,7 @@ class DEISScheduler(MultistepScheduler):
         self._multistep_schedule(num_inference_steps, timesteps, device, final_sigmas_type="sigma_min")
 
     def step(
-        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *, generator: Any = None
     ) -> SchedulerOutput:
         c = self.config
         i = self._ensure_step_index(timestep)

@@ -83,7 +83,7 @@ class DPM2Scheduler(_DPM2Base):
         return sample / (sigma**2 + 1) ** 0.5
 
     def step(
-        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *, generator: Any = None
     ) -> SchedulerOutput:
         i = self._ensure_step_index(timestep)
         if self._in_first_half:

@@ -1,8 +1,10 @@
-"""DPM-Solver++ multistep (Lu et al. 2022): DPM++ 2M (and 3M), and its SDE variant DPM++ 2M SDE.
+"""DPM-Solver multistep (Lu et al. 2022): DPM++ 2M (and 3M), its SDE variant DPM++ 2M SDE, and the original
+noise-prediction DPM-Solver ('dpmsolver', 'sde-dpmsolver').
 
 With data prediction D_i = x̂_0 at step i, h = λ_next - λ_i and r = h_prev / h, the second-order update is
     x_next = (σ_next/σ_i)·x_i - α_next·(e^{-h} - 1)·(D_i + (D_i - D_{i-1}) / (2r))          (midpoint)
-The SDE variant damps the sample by e^{-h} more and adds fresh noise σ_next·sqrt(1 - e^{-2h})·z.
+The SDE variant damps the sample by e^{-h} more and adds fresh noise σ_next·sqrt(1 - e^{-2h})·z. The noise-prediction
+variants integrate ε̂ instead, in e^{h}.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from difframe.scheduling import (
     BetaSchedule,
     FinalSigmas,
+    FixedVariance,
     MultistepScheduler,
     PredictionType,
     SchedulerOutput,
@@ -21,9 +24,68 @@ from difframe.scheduling import (
     randn_like,
 )
 
+from .options import refused_options
+
+Algorithm = Literal["dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"]
+
+
+def dpm_solver_update(
+    algorithm: str,
+    x: torch.Tensor,
+    start: tuple[torch.Tensor, torch.Tensor],
+    end: tuple[torch.Tensor, torch.Tensor],
+    h: torch.Tensor,
+    d0: torch.Tensor,
+    d1: torch.Tensor | None = None,
+    d2: torch.Tensor | None = None,
+    *,
+    midpoint: bool = False,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One DPM-Solver step from x at (α_s, σ_s) to (α_t, σ_t), h = λ_t - λ_s, given the model output d0 and its first
+    and second divided differences d1, d2 in λ (Taylor terms). ``midpoint``: the cheaper second-order rule (d1/2).
+    '++' algorithms integrate x̂_0 (in e^{-h}), the others ε̂ (in e^{h}); 'sde-' ones add ``noise``."""
+    (alpha_s, sigma_s), (alpha_t, sigma_t) = start, end
+    # Each coefficient is grouped as the reference library groups it, so float32 rounding matches too.
+    spread = None  # the scale of the fresh noise (SDE variants)
+    if algorithm == "dpmsolver++":
+        phi = torch.exp(-h) - 1.0
+        out = sigma_t / sigma_s * x - alpha_t * phi * d0
+        c1 = -(0.5 * (alpha_t * phi)) if midpoint else alpha_t * (phi / h + 1.0)
+        c2 = -(alpha_t * ((phi + h) / h**2 - 0.5))
+    elif algorithm == "dpmsolver":
+        phi = torch.exp(h) - 1.0
+        out = alpha_t / alpha_s * x - sigma_t * phi * d0
+        c1 = -(0.5 * (sigma_t * phi)) if midpoint else -(sigma_t * (phi / h - 1.0))
+        c2 = -(sigma_t * ((phi - h) / h**2 - 0.5))
+    elif algorithm == "sde-dpmsolver++":
+        phi = 1.0 - torch.exp(-2.0 * h)
+        out = sigma_t / sigma_s * torch.exp(-h) * x + alpha_t * phi * d0
+        c1 = 0.5 * (alpha_t * phi) if midpoint else alpha_t * (phi / (-2.0 * h) + 1.0)
+        c2 = alpha_t * ((phi - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
+        spread = sigma_t * torch.sqrt(phi)
+    elif algorithm == "sde-dpmsolver":
+        phi = torch.exp(h) - 1.0
+        out = alpha_t / alpha_s * x - 2.0 * (sigma_t * phi) * d0
+        c1 = -(sigma_t * phi) if midpoint else -(2.0 * (sigma_t * (phi / h - 1.0)))
+        c2 = None
+        spread = sigma_t * torch.sqrt(torch.exp(2 * h) - 1.0)
+    else:
+        raise ValueError(f"unknown algorithm_type {algorithm!r}")
+    if d1 is not None:
+        out = out + c1 * d1
+    if d2 is not None:
+        if c2 is None:
+            raise ValueError(
+                f"{algorithm} has no third-order update (nor has the reference library); use solver_order=2"
+            )
+        out = out + c2 * d2
+    return out if spread is None else out + spread * noise
+
 
 class DPMSolverMultistepScheduler(MultistepScheduler):
     layout_name = ("diffusers", "DPMSolverMultistepScheduler")
+    refused_options = refused_options("DPMSolverMultistepScheduler")
 
     def __init__(
         self,
@@ -38,15 +100,19 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         dynamic_thresholding_ratio: float = 0.995,
         sample_max_value: float = 1.0,
         # "deis" (from a DEIS config) means the same data-prediction solver here.
-        algorithm_type: Literal["dpmsolver++", "sde-dpmsolver++", "deis"] = "dpmsolver++",
+        algorithm_type: Algorithm | Literal["deis"] = "dpmsolver++",
         # UniPC's and DEIS' solver types (from their configs) fall back to midpoint.
         solver_type: Literal["midpoint", "heun", "logrho", "bh1", "bh2"] = "midpoint",
         lower_order_final: bool = True,
         euler_at_final: bool = False,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_lu_lambdas: bool = False,
         final_sigmas_type: FinalSigmas = "zero",
         lambda_min_clipped: float = -float("inf"),
+        # DDPM's fixed variance types (from its config) mean a model that predicts no variance, like None.
+        variance_type: Literal["learned", "learned_range"] | FixedVariance | None = None,
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
@@ -55,6 +121,11 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             self.register_to_config(algorithm_type="dpmsolver++")
         if solver_type not in ("midpoint", "heun"):
             self.register_to_config(solver_type="midpoint")
+        if algorithm_type in ("dpmsolver", "sde-dpmsolver") and final_sigmas_type == "zero":
+            raise ValueError(
+                f"algorithm_type={algorithm_type!r} cannot step to σ = 0 (its noise-prediction update divides by it); "
+                "set final_sigmas_type='sigma_min' or use a '++' algorithm"
+            )
         self._init_multistep()
 
     def set_timesteps(
@@ -73,8 +144,19 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             upto=c.num_train_timesteps - clipped,
         )
 
+    def convert(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """What the solver integrates: x̂_0 for the '++' algorithms, ε̂ for the others."""
+        if self.config.algorithm_type.endswith("++"):
+            return self.data_prediction(model_output, sample)
+        return self.noise_prediction(model_output, sample)
+
     def step(
-        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
     ) -> SchedulerOutput:
         c = self.config
         i = self._ensure_step_index(timestep)
@@ -82,79 +164,43 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         short = c.lower_order_final and n < 15  # few steps: higher orders at the very end are unstable
         first_order = i == n - 1 and (c.euler_at_final or short or c.final_sigmas_type == "zero")
         second_order = i == n - 2 and short
-        x0 = self.data_prediction(model_output, sample)
-        self._remember(x0)
+        converted = self.convert(model_output, sample)
+        self._remember(converted)
         sample = sample.to(torch.float32)
-        sde = c.algorithm_type == "sde-dpmsolver++"
-        noise = randn_like(model_output, generator, dtype=torch.float32) if sde else None
+        noise = None
+        if c.algorithm_type.startswith("sde-"):
+            if variance_noise is not None:
+                noise = variance_noise.to(device=model_output.device, dtype=torch.float32)
+            else:
+                noise = randn_like(model_output, generator, dtype=torch.float32)
         if c.solver_order == 1 or self.lower_order_nums < 1 or first_order:
-            prev = self._first_order(sample, noise)
+            order = 1
         elif c.solver_order == 2 or self.lower_order_nums < 2 or second_order:
-            prev = self._second_order(sample, noise)
+            order = 2
         else:
-            prev = self._third_order(sample, noise)
+            order = 3
+        prev = self._update(sample, order, noise)
         self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
         self._step_index = i + 1
+        x0 = converted if c.algorithm_type.endswith("++") else None
         return SchedulerOutput(prev.to(model_output.dtype), x0)
 
-    def _first_order(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    def _update(self, x: torch.Tensor, order: int, noise: torch.Tensor | None) -> torch.Tensor:
+        """The step from step i to i + 1 from the last ``order`` outputs: their divided differences in λ."""
         i = self._step_index
-        (alpha_t, sigma_t, lambda_t), (_, sigma_s, lambda_s) = self.lambdas(i + 1, i)
-        h, d = lambda_t - lambda_s, self.model_outputs[-1]
-        if noise is None:
-            return sigma_t / sigma_s * x - alpha_t * (torch.exp(-h) - 1.0) * d
-        return (
-            sigma_t / sigma_s * torch.exp(-h) * x
-            + alpha_t * (1 - torch.exp(-2.0 * h)) * d
-            + sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)) * noise
-        )
-
-    def _second_order(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        i = self._step_index
-        (alpha_t, sigma_t, lambda_t), (_, sigma_s0, lambda_s0), (_, _, lambda_s1) = self.lambdas(i + 1, i, i - 1)
-        m0, m1 = self.model_outputs[-1], self.model_outputs[-2]
-        h, h_0 = lambda_t - lambda_s0, lambda_s0 - lambda_s1
-        d0, d1 = m0, 1.0 / (h_0 / h) * (m0 - m1)
-        midpoint = self.config.solver_type == "midpoint"
-        if noise is None:
-            if midpoint:
-                correction = -0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * d1
-            else:
-                correction = alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0) * d1
-            return sigma_t / sigma_s0 * x - alpha_t * (torch.exp(-h) - 1.0) * d0 + correction
-        if midpoint:
-            correction = 0.5 * (alpha_t * (1 - torch.exp(-2.0 * h))) * d1
-        else:
-            correction = alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0) * d1
-        return (
-            sigma_t / sigma_s0 * torch.exp(-h) * x
-            + alpha_t * (1 - torch.exp(-2.0 * h)) * d0
-            + correction
-            + sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)) * noise
-        )
-
-    def _third_order(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        i = self._step_index
-        (alpha_t, sigma_t, lambda_t), (_, sigma_s0, lambda_s0), (_, _, lambda_s1), (_, _, lambda_s2) = self.lambdas(
-            i + 1, i, i - 1, i - 2
-        )
-        m0, m1, m2 = self.model_outputs[-1], self.model_outputs[-2], self.model_outputs[-3]
-        h, h_0, h_1 = lambda_t - lambda_s0, lambda_s0 - lambda_s1, lambda_s1 - lambda_s2
-        r0, r1 = h_0 / h, h_1 / h
-        d1_0, d1_1 = 1.0 / r0 * (m0 - m1), 1.0 / r1 * (m1 - m2)
+        (alpha_t, sigma_t, lambda_t), (alpha_s0, sigma_s0, lambda_s0) = self.lambdas(i + 1, i)
+        h, m = lambda_t - lambda_s0, self.model_outputs
+        ends = (alpha_s0, sigma_s0), (alpha_t, sigma_t)
+        algorithm, midpoint = self.config.algorithm_type, self.config.solver_type == "midpoint"
+        if order == 1:
+            return dpm_solver_update(algorithm, x, *ends, h, m[-1], noise=noise)
+        lambda_s1 = self.lambdas(i - 1)[0][2]
+        r0 = (lambda_s0 - lambda_s1) / h
+        d1_0 = 1.0 / r0 * (m[-1] - m[-2])
+        if order == 2:
+            return dpm_solver_update(algorithm, x, *ends, h, m[-1], d1_0, midpoint=midpoint, noise=noise)
+        r1 = (lambda_s1 - self.lambdas(i - 2)[0][2]) / h
+        d1_1 = 1.0 / r1 * (m[-2] - m[-3])
         d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
         d2 = 1.0 / (r0 + r1) * (d1_0 - d1_1)
-        if noise is None:
-            return (
-                sigma_t / sigma_s0 * x
-                - alpha_t * (torch.exp(-h) - 1.0) * m0
-                + alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0) * d1
-                - alpha_t * ((torch.exp(-h) - 1.0 + h) / h**2 - 0.5) * d2
-            )
-        return (
-            sigma_t / sigma_s0 * torch.exp(-h) * x
-            + alpha_t * (1.0 - torch.exp(-2.0 * h)) * m0
-            + alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0) * d1
-            + alpha_t * ((1.0 - torch.exp(-2.0 * h) - 2.0 * h) / (2.0 * h) ** 2 - 0.5) * d2
-            + sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)) * noise
-        )
+        return dpm_solver_update(algorithm, x, *ends, h, m[-1], d1, d2, noise=noise)

@@ -100,8 +100,8 @@ class DPMSolverSDEScheduler(SigmaScheduler):
         model_output: torch.Tensor,
         timestep: Any,
         sample: torch.Tensor,
-        generator: torch.Generator | None = None,
         *,
+        generator: torch.Generator | None = None,
         s_noise: float = 1.0,
     ) -> SchedulerOutput:
         i = self._ensure_step_index(timestep)

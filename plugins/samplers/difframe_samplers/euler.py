@@ -64,12 +64,11 @@ class EulerScheduler(SigmaScheduler):
         model_output: torch.Tensor,
         timestep: Any,
         sample: torch.Tensor,
-        generator: torch.Generator | None = None,
-        *,
         s_churn: float = 0.0,
         s_tmin: float = 0.0,
         s_tmax: float = float("inf"),
         s_noise: float = 1.0,
+        generator: torch.Generator | None = None,
     ) -> SchedulerOutput:
         i = self._ensure_step_index(timestep)
         sample = sample.to(torch.float32)

@@ -59,7 +59,7 @@ class HeunScheduler(SigmaScheduler):
         self._reset()
 
     def step(
-        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *, generator: Any = None
     ) -> SchedulerOutput:
         i = self._ensure_step_index(timestep)
         first = self._first is None

@@ -67,9 +67,9 @@ class LMSScheduler(SigmaScheduler):
         model_output: torch.Tensor,
         timestep: Any,
         sample: torch.Tensor,
-        generator: Any = None,
-        *,
         order: int = 4,
+        *,
+        generator: Any = None,
     ) -> SchedulerOutput:
         i = self._ensure_step_index(timestep)
         sigma = self.sigmas[i]

@@ -10,6 +10,7 @@ KARRAS = {"use_karras_sigmas": True}
 DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 DPMPP_2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
 DPMPP_3M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}
+DPMPP_3S = {"algorithm_type": "dpmsolver++", "solver_order": 3}
 NEEDS_TORCHSDE = {"packages": ("torchsde",)}
 
 
@@ -109,6 +110,23 @@ def register_scheduler(register: Any) -> None:
         options=DPMPP_3M_SDE | KARRAS,
         stochastic=True,
     )
+    exponential = {"use_exponential_sigmas": True}  # the web UI's default schedule of its DPM++ SDE samplers
+    add(
+        "dpmpp_2m_sde_exponential",
+        dpmpp,
+        ("DPM++ 2M SDE Exponential",),
+        "DPM++ 2M SDE, exponential sigmas",
+        options=DPMPP_2M_SDE | exponential,
+        stochastic=True,
+    )
+    add(
+        "dpmpp_3m_sde_exponential",
+        dpmpp,
+        ("DPM++ 3M SDE Exponential",),
+        "DPM++ 3M SDE, exponential sigmas",
+        options=DPMPP_3M_SDE | exponential,
+        stochastic=True,
+    )
     add(
         "dpmpp_sde",
         "dpmpp_sde:DPMSolverSDEScheduler",
@@ -127,6 +145,17 @@ def register_scheduler(register: Any) -> None:
         stochastic=True,
         requires=NEEDS_TORCHSDE,
     )
+    single = "dpm_single:DPMSolverSinglestepScheduler"
+    add(
+        "dpmpp_2s",
+        single,
+        ("DPM++ 2S", "dpm_singlestep", "dpmsolver_singlestep"),
+        "DPM-Solver++ singlestep, second order",
+        options=DPMPP_2M,
+        loads="DPMSolverSinglestepScheduler",
+    )
+    add("dpmpp_2s_karras", single, ("DPM++ 2S Karras",), "DPM++ 2S, Karras sigmas", options=DPMPP_2M | KARRAS)
+    add("dpmpp_3s", single, ("DPM++ 3S",), "DPM-Solver++ singlestep, third order", options=DPMPP_3S)
     add("unipc", "unipc:UniPCScheduler", ("UniPC",), "UniPC predictor-corrector", loads="UniPCMultistepScheduler")
     add("unipc_karras", "unipc:UniPCScheduler", ("UniPC Karras",), "UniPC, Karras sigmas", options=KARRAS)
     add("deis", "deis:DEISScheduler", ("DEIS",), "DEIS log-rho multistep", loads="DEISMultistepScheduler")

@@ -63,7 +63,7 @@ class PNDMScheduler(AlphaScheduler):
         self.ets, self.counter, self._rk_sum, self._cur_sample = [], 0, 0, None
 
     def step(
-        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *, generator: Any = None
     ) -> SchedulerOutput:
         if self.num_inference_steps is None:
             raise RuntimeError("call set_timesteps before stepping PNDMScheduler")

@@ -77,7 +77,7 @@ class UniPCScheduler(MultistepScheduler):
         return alpha_t * model_output + sigma_t * sample
 
     def step(
-        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *, generator: Any = None
     ) -> SchedulerOutput:
         c = self.config
         i = self._ensure_step_index(timestep)

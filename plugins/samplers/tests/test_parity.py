@@ -15,7 +15,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from difframe_samplers import ddim, ddpm, deis, dpm2, dpmpp, euler, heun, lms, pndm, unipc  # noqa: E402
+from difframe_samplers import ddim, ddpm, deis, dpm2, dpm_single, dpmpp, euler, heun, lms, pndm, unipc  # noqa: E402
 
 STEPS = (1, 4, 20, 50)
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
@@ -119,6 +119,23 @@ PAIRS: dict[str, tuple[type, type, list[dict[str, Any]], dict[str, Any]]] = {
             {**SD, "solver_order": 1},
             {"thresholding": True, "prediction_type": "sample", "lambda_min_clipped": -5.1},
             {"beta_schedule": "squaredcos_cap_v2", "use_karras_sigmas": True},
+        ],
+        {},
+    ),
+    "dpm_single": (dpm_single.DPMSolverSinglestepScheduler, diffusers.DPMSolverSinglestepScheduler, cases(ALL), {}),
+    "dpm_single_variants": (
+        dpm_single.DPMSolverSinglestepScheduler,
+        diffusers.DPMSolverSinglestepScheduler,
+        [
+            {**SD, "solver_order": 3},
+            {**SD, "solver_order": 3, "solver_type": "heun", "final_sigmas_type": "sigma_min"},
+            {**SD, "solver_order": 3, "use_karras_sigmas": True, "lower_order_final": True},
+            {**SD, "solver_order": 1},
+            {**SD, "solver_type": "heun", "final_sigmas_type": "sigma_min"},
+            {**SD, "algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+            {**SD, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min", "solver_order": 3},
+            {**SD, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min", "prediction_type": "v_prediction"},
+            {"thresholding": True, "prediction_type": "sample", "lambda_min_clipped": -5.1},
         ],
         {},
     ),

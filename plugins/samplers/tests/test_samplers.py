@@ -122,7 +122,7 @@ def test_each_layout_class_is_loaded_by_exactly_one_name(fw: Framework) -> None:
         "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
         "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
         "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
-        "DPMSolverSDEScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",
+        "DPMSolverSDEScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler", "DPMSolverSinglestepScheduler",
     }  # fmt: skip
     assert {class_name for _, class_name in loads} == expected
     for library, class_name in loads:
@@ -278,8 +278,31 @@ def test_explicit_sigmas_euler(fw: Framework) -> None:
     reference = diffusers.EulerDiscreteScheduler()
     reference.set_timesteps(sigmas=[14.0, 5.0, 1.0, 0.0])
     torch.testing.assert_close(scheduler.timesteps, reference.timesteps)
-    with pytest.raises(ValueError, match="strictly decreasing"):
+    with pytest.raises(ValueError, match="must not increase"):
         scheduler.set_timesteps(sigmas=[1.0, 5.0, 0.0])
+    with pytest.raises(ValueError, match="positive except the final one"):
+        scheduler.set_timesteps(sigmas=[1.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("karras", [False, True])
+@pytest.mark.parametrize("name", ["euler", "lms"])
+def test_own_sigmas_round_trip_with_sigma_min(fw: Framework, name: str, karras: bool) -> None:
+    """set_timesteps(sigmas=s.sigmas) reproduces the schedule, also when the final σ repeats the last step's σ."""
+    options = {**SD15, "final_sigmas_type": "sigma_min", "use_karras_sigmas": karras, "timestep_spacing": "linspace"}
+    if name == "lms":
+        options.pop("final_sigmas_type")
+    scheduler = fw.scheduler(name, options)
+    scheduler.set_timesteps(10)
+    sigmas, timesteps = scheduler.sigmas.clone(), scheduler.timesteps.clone()
+    scheduler.set_timesteps(sigmas=sigmas)
+    torch.testing.assert_close(scheduler.sigmas, sigmas, atol=0, rtol=0)
+    torch.testing.assert_close(scheduler.timesteps, timesteps, atol=1e-4, rtol=0)
+    reference = diffusers.EulerDiscreteScheduler.from_config(options) if name == "euler" else None
+    if reference is not None:
+        reference.set_timesteps(sigmas=sigmas.numpy())
+        torch.testing.assert_close(scheduler.timesteps, reference.timesteps)
+        torch.testing.assert_close(scheduler.sigmas, reference.sigmas)
+        assert denoise(scheduler, len(timesteps), shape=(1, 4, 4, 4)).isfinite().all()
 
 
 def test_bad_config_values_name_the_field(fw: Framework) -> None:
@@ -291,7 +314,7 @@ def test_bad_config_values_name_the_field(fw: Framework) -> None:
         fw.scheduler("dpmpp", timestep_spacing="even")
     with pytest.raises(ConfigError, match="solver_order"):
         fw.scheduler("unipc", solver_order=5)
-    with pytest.raises(ValueError, match="cannot both be on"):
+    with pytest.raises(ValueError, match="cannot be combined"):
         fw.scheduler("euler", use_karras_sigmas=True, use_exponential_sigmas=True)
     with pytest.raises(ValueError, match="Runge-Kutta warm-up needs at least 4 steps"):
         fw.scheduler("pndm").set_timesteps(2)
