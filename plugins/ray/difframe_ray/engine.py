@@ -76,6 +76,7 @@ class RayEngine:
         self.gpus = gpus_per_worker
         self.max_attempts = max_attempts
         self.worker_pids: dict[int, int] = {}  # worker slot -> process id of its current actor
+        self._actors: dict[int, Any] = {}
 
     # --- connecting ---------------------------------------------------------------------------------------------
     def _connect(self) -> bool:
@@ -131,28 +132,44 @@ class RayEngine:
 
     # --- running ------------------------------------------------------------------------------------------------
     def run(self, batches: list[list[Job]], context: RunContext) -> None:
+        """Workers are started on first use and kept for the next run with this engine (their pipelines stay
+        loaded) until ``close()``, an error or Ctrl-C, or the end of a Ray instance this run started."""
         import ray
 
         started = self._connect()
-        actors: dict[int, Any] = {}
         try:
-            actors = {slot: self._start(slot) for slot in range(min(self._worker_count(), len(batches)))}
-            self._await_pids(actors)
-            self._preload(actors, batches[0][0].pipeline_key, context)
-            self._dispatch(actors, batches, context)
+            if not self._actors:
+                count = min(self._worker_count(), len(batches))
+                self._actors = {slot: self._start(slot) for slot in range(count)}
+                self._await_pids(self._actors)
+            self._preload(self._actors, batches[0][0].pipeline_key, context)
+            self._dispatch(self._actors, batches, context)
+        except BaseException:
+            self.close()
+            raise
         finally:
-            for actor in actors.values():
-                ray.kill(actor)
             if started:
+                self.close()
                 ray.shutdown()
+
+    def close(self) -> None:
+        """Stop this engine's workers."""
+        import ray
+
+        for actor in self._actors.values():
+            ray.kill(actor)
+        self._actors.clear()
+        self.worker_pids.clear()
 
     def _preload(self, actors: dict[int, Any], pipeline_key: tuple[Any, ...], context: RunContext) -> None:
         """The first model on every worker before any job runs: a model that does not load is one error, early."""
         import ray
-        from ray.exceptions import RayTaskError
+        from ray.exceptions import RayActorError, RayTaskError
 
         try:
             ray.get([actor.load.remote(pipeline_key) for actor in actors.values()])
+        except RayActorError:
+            pass  # a worker died: the dispatch replaces it
         except RayTaskError as error:
             if not isinstance(error.cause, ModelLoadFailed):
                 raise
