@@ -186,8 +186,10 @@ def parse_lora(
         if component not in modules:
             unmatched.append(parts["down"][0])
             continue
-        names = [flat[component].get(a) for a in _alias(component, raw, "_")] if kohya else None
-        candidates = [n for n in names if n] if kohya else [a for a in _alias(component, raw) if a in modules[component]]
+        if kohya:
+            candidates = [flat[component][a] for a in _alias(component, raw, "_") if a in flat[component]]
+        else:
+            candidates = [a for a in _alias(component, raw) if a in modules[component]]
         if not candidates:
             unmatched.append(parts["down"][0])
             continue

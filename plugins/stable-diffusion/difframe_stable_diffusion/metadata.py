@@ -19,42 +19,68 @@ from typing import Any
 
 PNG_KEY = "parameters"
 
-# difframe scheduler name -> the sampler label the web UIs show. The reverse map also takes the newer
-# "Sampler: DPM++ 2M, Schedule type: Karras" spelling.
-SAMPLER_LABELS: dict[str, str] = {
-    "ddim": "DDIM",
-    "ddpm": "DDPM",
-    "pndm": "PNDM",
-    "plms": "PLMS",
-    "lms": "LMS",
-    "lms_karras": "LMS Karras",
-    "euler": "Euler",
-    "euler_karras": "Euler Karras",
-    "euler_a": "Euler a",
-    "heun": "Heun",
-    "heun_karras": "Heun Karras",
-    "dpm2": "DPM2",
-    "dpm2_karras": "DPM2 Karras",
-    "dpm2_a": "DPM2 a",
-    "dpm2_a_karras": "DPM2 a Karras",
-    "dpmpp": "DPM++ 2M",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "dpmpp_sde": "DPM++ SDE",
-    "dpmpp_sde_karras": "DPM++ SDE Karras",
-    "dpmpp_2m_sde": "DPM++ 2M SDE",
-    "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
-    "dpmpp_3m_sde": "DPM++ 3M SDE",
-    "dpmpp_3m_sde_karras": "DPM++ 3M SDE Karras",
-    "unipc": "UniPC",
-    "unipc_karras": "UniPC Karras",
-    "deis": "DEIS",
-    "lcm": "LCM",
+# difframe scheduler name -> (the web UI's sampler label, its "Schedule type"). Web UI 1.9 and later write the two
+# separately and give some samplers a default schedule ("DPM++ 2M" alone means Karras there, "DPM++ 2M SDE"
+# Exponential); earlier versions know only combined labels ("DPM++ 2M Karras") and ignore "Schedule type". So the
+# label is written combined where the schedule is Karras (both read it alike) and the schedule is always written:
+# "DPM++ 2M, Schedule type: Uniform" is DPM++ 2M with the model's own sigmas for old and new versions alike.
+SAMPLERS: dict[str, tuple[str, str | None]] = {
+    "ddim": ("DDIM", None),
+    "ddpm": ("DDPM", None),
+    "pndm": ("PNDM", None),
+    "plms": ("PLMS", None),
+    "unipc": ("UniPC", None),
+    "deis": ("DEIS", None),
+    "lcm": ("LCM", None),
+    "lms": ("LMS", "Uniform"),
+    "lms_karras": ("LMS Karras", "Karras"),
+    "euler": ("Euler", "Uniform"),
+    "euler_karras": ("Euler Karras", "Karras"),
+    "euler_a": ("Euler a", "Uniform"),
+    "heun": ("Heun", "Uniform"),
+    "heun_karras": ("Heun Karras", "Karras"),
+    "dpm2": ("DPM2", "Uniform"),
+    "dpm2_karras": ("DPM2 Karras", "Karras"),
+    "dpm2_a": ("DPM2 a", "Uniform"),
+    "dpm2_a_karras": ("DPM2 a Karras", "Karras"),
+    "dpmpp": ("DPM++ 2M", "Uniform"),
+    "dpmpp_2m": ("DPM++ 2M", "Uniform"),
+    "dpmpp_2m_karras": ("DPM++ 2M Karras", "Karras"),
+    "dpmpp_sde": ("DPM++ SDE", "Uniform"),
+    "dpmpp_sde_karras": ("DPM++ SDE Karras", "Karras"),
+    "dpmpp_2m_sde": ("DPM++ 2M SDE", "Uniform"),
+    "dpmpp_2m_sde_karras": ("DPM++ 2M SDE Karras", "Karras"),
+    "dpmpp_2m_sde_exponential": ("DPM++ 2M SDE", "Exponential"),
+    "dpmpp_3m_sde": ("DPM++ 3M SDE", "Uniform"),
+    "dpmpp_3m_sde_karras": ("DPM++ 3M SDE Karras", "Karras"),
+    "dpmpp_3m_sde_exponential": ("DPM++ 3M SDE", "Exponential"),
+    "unipc_karras": ("UniPC Karras", None),
 }
+SAMPLER_LABELS: dict[str, str] = {name: label for name, (label, _) in SAMPLERS.items()}
+# the web UI's default schedule ("Automatic") of a sampler, from version 1.9 on; the others use the model's sigmas
+DEFAULT_SCHEDULES_1_9 = {
+    "DPM++ 2M": "Karras",
+    "DPM++ SDE": "Karras",
+    "DPM++ 2S a": "Karras",
+    "DPM2": "Karras",
+    "DPM2 a": "Karras",
+    "Restart": "Karras",
+    "DPM++ 2M SDE": "Exponential",
+    "DPM++ 2M SDE Heun": "Exponential",
+    "DPM++ 3M SDE": "Exponential",
+}
+SCHEDULE_SUFFIXES = {"uniform": "", "karras": "_karras", "exponential": "_exponential"}
+WEB_UI_SCHEDULES = (
+    "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal", "Align Your Steps",
+    "Simple", "Normal", "DDIM", "Beta",
+)  # fmt: skip
 _PREFERRED = {"DPM++ 2M": "dpmpp"}
-LABEL_TO_SCHEDULER: dict[str, str] = {
-    label.lower(): _PREFERRED.get(label, name) for name, label in reversed(SAMPLER_LABELS.items())
-}
+_BASES: dict[str, str] = {}
+for _name, (_label, _schedule) in SAMPLERS.items():
+    if _schedule in (None, "Uniform"):
+        _BASES.setdefault(_label.lower(), _PREFERRED.get(_label, _name))
+LABEL_TO_SCHEDULER: dict[str, str] = {label.lower(): name for name, label in reversed(SAMPLER_LABELS.items())}
+LABEL_TO_SCHEDULER.update(_BASES)
 
 
 def sampler_label(scheduler_name: str | None) -> str:
@@ -64,13 +90,56 @@ def sampler_label(scheduler_name: str | None) -> str:
     return SAMPLER_LABELS.get(scheduler_name, scheduler_name)
 
 
-def scheduler_from_label(label: str, schedule_type: str | None = None) -> str:
-    """The difframe scheduler name for a web-UI sampler label (the inverse of sampler_label)."""
+def schedule_type(scheduler_name: str | None) -> str | None:
+    """The web UI's "Schedule type" of a difframe scheduler name (None: the sampler has none there)."""
+    return SAMPLERS.get(scheduler_name or "", (None, None))[1]
+
+
+def web_ui_version(text: str | None) -> tuple[int, int] | None:
+    """(major, minor) of a "Version" field ("v1.10.1", Forge's "f2.0.1v1.10.1-previous-..."); None if absent."""
+    match = re.search(r"v(\d+)\.(\d+)", text or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def scheduler_from_label(label: str, schedule_type: str | None = None, version: tuple[int, int] | None = None) -> str:
+    """The difframe scheduler name for a web-UI sampler label and "Schedule type", read the way the web UI of
+    ``version`` reads them: a schedule in the label wins; "Automatic" (or none, from 1.9 on) is the sampler's
+    default schedule. A schedule difframe has no sampler for is an error naming it."""
     text = label.strip()
-    kind = (schedule_type or "").strip()
-    if kind.lower() not in ("automatic", "uniform", "") and not text.lower().endswith(kind.lower()):
-        text = f"{text} {kind}"
-    return LABEL_TO_SCHEDULER.get(text.lower(), text)
+    schedule = (schedule_type or "").strip()
+    for suffix in WEB_UI_SCHEDULES:
+        if text.lower().endswith(" " + suffix.lower()):
+            text, schedule = text[: -len(suffix) - 1].strip(), suffix
+            break
+    if schedule.lower() in ("", "automatic"):
+        new_reader = schedule.lower() == "automatic" or (version is not None and version >= (1, 9))
+        schedule = DEFAULT_SCHEDULES_1_9.get(_canonical_label(text), "") if new_reader else ""
+    base = LABEL_TO_SCHEDULER.get(text.lower())
+    if base is None:
+        return label.strip() if not schedule or schedule.lower() == "uniform" else f"{text} {schedule}"
+    if not schedule or schedule.lower() == "uniform":
+        return base
+    suffix = SCHEDULE_SUFFIXES.get(schedule.lower())
+    name = None if suffix is None else LABEL_TO_SCHEDULER.get(f"{text} {schedule}".lower())
+    if name is None:
+        name = next((n for n, (lab, sch) in SAMPLERS.items() if lab.lower() == text.lower() and sch == schedule), None)
+    if name is None:
+        raise ValueError(
+            f"PNG parameters: sampler {text!r} with Schedule type {schedule!r} has no difframe sampler; choose one "
+            "with --scheduler (schedules here: Uniform, Karras, and Exponential for the DPM++ SDE samplers)"
+        )
+    return name
+
+
+def _canonical_label(text: str) -> str:
+    return next((label for label in DEFAULT_SCHEDULES_1_9 if label.lower() == text.lower()), text)
+
+
+# Fields of web-UI images that change the picture in ways difframe cannot reproduce: --from-png refuses them by name.
+UNSUPPORTED_FIELDS = (
+    "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Refiner", "Variation seed",
+    "Face restoration", "Tiling", "ControlNet", "ADetailer", "Hypernet",
+)  # fmt: skip
 
 
 @dataclass
@@ -93,12 +162,14 @@ class GenerationParameters:
 
     # --- writing ------------------------------------------------------------------------------------------------
     def to_text(self) -> str:
-        """The web-UI "parameters" string."""
-        pairs: list[tuple[str, Any]] = [
-            ("Steps", self.steps),
-            ("Sampler", sampler_label(self.scheduler)),
-            ("CFG scale", _number(self.guidance_scale)),
-        ]
+        """The web-UI "parameters" string. A prompt the web UI's reader would split differently (a line starting
+        with "Negative prompt:", surrounding spaces) is also written whole as a quoted "Prompt" / "Negative prompt"
+        field, which both the web UI's reader and ours take over the text lines."""
+        pairs: list[tuple[str, Any]] = [("Steps", self.steps), ("Sampler", sampler_label(self.scheduler))]
+        schedule = schedule_type(self.scheduler)
+        if schedule:
+            pairs.append(("Schedule type", schedule))
+        pairs.append(("CFG scale", _number(self.guidance_scale)))
         if self.seed is not None:
             pairs.append(("Seed", self.seed))
         pairs.append(("Size", f"{self.width}x{self.height}"))
@@ -111,29 +182,30 @@ class GenerationParameters:
             pairs.append(("Clip skip", self.clip_skip + 1))
         if self.guidance_rescale:
             pairs.append(("Guidance rescale", _number(self.guidance_rescale)))
-        pairs.extend(self.extra.items())
+        pairs.extend((k, v) for k, v in self.extra.items() if k not in ("Prompt", "Negative prompt", "Schedule type"))
         lines = [self.prompt]
         if self.negative_prompt:
             lines.append(f"Negative prompt: {self.negative_prompt}")
-        lines.append(", ".join(f"{key}: {_quote(str(value))}" for key, value in pairs))
-        return "\n".join(lines)
+        settings = ", ".join(f"{key}: {_quote(str(value))}" for key, value in pairs)
+        text = "\n".join([*lines, settings])
+        prompt, negative, _ = split_parameters(text)
+        if (prompt, negative) != (self.prompt, self.negative_prompt):
+            exact = f"Prompt: {json.dumps(self.prompt, ensure_ascii=False)}, "
+            exact += f"Negative prompt: {json.dumps(self.negative_prompt, ensure_ascii=False)}"
+            text = "\n".join([*lines, f"{settings}, {exact}"])
+        return text
 
     # --- reading ------------------------------------------------------------------------------------------------
     @classmethod
     def from_text(cls, text: str) -> GenerationParameters:
-        """Parse a web-UI "parameters" string (ours, or one AUTOMATIC1111 wrote)."""
-        lines = text.strip("\n").split("\n")
-        settings: dict[str, str] = {}
-        if lines and _looks_like_settings(lines[-1]):
-            settings = parse_settings(lines.pop())
-        prompt_lines, negative_lines, target = [], [], None
-        for line in lines:
-            if line.startswith("Negative prompt:"):
-                target = negative_lines
-                line = line[len("Negative prompt:") :].lstrip()
-            (target if target is not None else prompt_lines).append(line)
-        known: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines)}
+        """Parse a web-UI "parameters" string (ours, or one the web UI wrote), as the web UI's reader does."""
+        prompt, negative, settings = split_parameters(text)
         extra = dict(settings)
+        if "Prompt" in extra:  # the exact text, where the lines alone would be read differently
+            prompt = extra.pop("Prompt")
+        if "Negative prompt" in extra:
+            negative = extra.pop("Negative prompt")
+        known: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
 
         def take(key: str, convert: Any) -> Any:
             if key not in extra:
@@ -165,10 +237,28 @@ class GenerationParameters:
                 raise ValueError(f"PNG parameters: Size must look like 512x768, got {size!r}")
             known["width"], known["height"] = int(match.group(1)), int(match.group(2))
         sampler = take("Sampler", str)
-        schedule_type = extra.pop("Schedule type", None)
+        schedule = extra.pop("Schedule type", None)
         if sampler is not None:
-            known["scheduler"] = scheduler_from_label(sampler, schedule_type)
+            known["scheduler"] = scheduler_from_label(sampler, schedule, web_ui_version(extra.get("Version")))
         return cls(**known, extra=extra)
+
+    @property
+    def lora_hashes(self) -> dict[str, str]:
+        """ "Lora hashes": LoRA name -> the first 12 hex digits of its web-UI hash."""
+        return parse_hashes(self.extra.get("Lora hashes", ""))
+
+    @property
+    def ti_hashes(self) -> dict[str, str]:
+        """ "TI hashes": embedding name -> the first 12 hex digits of the sha256 of its file."""
+        return parse_hashes(self.extra.get("TI hashes", ""))
+
+    def unsupported_fields(self) -> list[str]:
+        """Fields that change the picture in a way difframe does not reproduce (hires fix, refiner, ...)."""
+        found = []
+        for key, value in self.extra.items():
+            if key.startswith(UNSUPPORTED_FIELDS) and value.strip() not in ("", "0", "None", "0.0"):
+                found.append(f"{key}: {value}")
+        return found
 
     def replace(self, **changes: Any) -> GenerationParameters:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -187,8 +277,48 @@ def _quote(value: str) -> str:
 _SETTING = re.compile(r'\s*(\w[\w ()\-+/.]*?):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
-def _looks_like_settings(line: str) -> bool:
-    return bool(re.match(r"\s*Steps:\s*\d+", line)) or len(_SETTING.findall(line)) >= 3
+def split_parameters(text: str) -> tuple[str, str, dict[str, str]]:
+    """(prompt, negative prompt, settings) exactly as the web UI's reader splits a "parameters" text: the last line
+    holds the settings if it has at least 3 "key: value" pairs; every line is stripped; a line starting with
+    "Negative prompt:" starts the negative prompt."""
+    *lines, last = text.strip().split("\n")
+    if len(_SETTING.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    target = prompt
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            target, line = negative, line[len("Negative prompt:") :].strip()
+        target.append(line)
+    return "\n".join(prompt), "\n".join(negative), parse_settings(last) if last else {}
+
+
+def parse_hashes(text: str) -> dict[str, str]:
+    """'name: 0123abcd, other: 4567ef01' -> {'name': '0123abcd', 'other': '4567ef01'}."""
+    result = {}
+    for part in text.split(","):
+        name, _, value = part.rpartition(":")
+        if name.strip():
+            result[name.strip()] = value.strip()
+    return result
+
+
+def format_hashes(hashes: dict[str, str]) -> str:
+    return ", ".join(f"{name}: {value}" for name, value in hashes.items())
+
+
+def model_hash(path: str | os.PathLike[str]) -> str:
+    """The web UI's "Model hash" of a single-file checkpoint: the first 10 hex digits of its sha256."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:10]
 
 
 def parse_settings(line: str) -> dict[str, str]:
