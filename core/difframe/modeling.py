@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -180,8 +181,13 @@ class ModelMixin(nn.Module, ConfigMixin):
     def _skeleton(cls: type[M], config: dict[str, Any], folder: Path, **overrides: Any) -> M:
         """The model built from its config on the meta device (no weights); any failure is a ConfigError."""
         try:
-            with parameters_on_meta():
-                return cls.from_config(config, **overrides)
+            with parameters_on_meta(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+                model = cls.from_config(config, **overrides)
+            empty = [name for name, parameter in model.named_parameters() if parameter.numel() == 0]
+            if empty:
+                raise ValueError(f"parameters {', '.join(empty[:4])} would have no elements (a size of 0)")
+            return model
         except DifframeError:
             raise
         except (RuntimeError, ValueError, TypeError, ZeroDivisionError, IndexError, KeyError) as error:
