@@ -54,6 +54,7 @@ from .saving import write_png
 from .single_file import SingleFileMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 AUTO_BUDGET_FRACTION = 0.8  # of the free memory, when no budget is set
 
 
@@ -174,6 +175,16 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
             if not isinstance(getattr(torch, name, None), torch.dtype):
                 raise ValueError(f"unknown dtype {options['torch_dtype']!r}; use float32, float16 or bfloat16")
             options["torch_dtype"] = getattr(torch, name)
+        if isinstance(options.get("torch_dtype"), torch.dtype) and options["torch_dtype"] not in WEIGHT_DTYPES:
+            raise ValueError(
+                f"dtype {str(options['torch_dtype']).removeprefix('torch.')} cannot run these pipelines: they compute "
+                "in float32, float16 or bfloat16 (integer and float8 weights need a quantization backend)"
+            )
+        _budget_bytes(options.get("memory_budget"))  # a malformed budget: before any weight loads
+        if options.get("prepacked_convolutions", False) not in (True, False, "auto"):
+            raise ValueError(
+                f"prepacked_convolutions must be True, False or 'auto', got {options['prepacked_convolutions']!r}"
+            )
         if isinstance(options.get("scheduler"), str):
             framework.get("scheduler", options["scheduler"])
         if options.get("attention") is not None and isinstance(options["attention"], str):
@@ -557,6 +568,13 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         negatives = as_prompt_list(negative_prompt, "negative_prompt")
         if prompt_embeds is not None and prompt_embeds.ndim != 3:
             raise ValueError(f"prompt_embeds must be (batch, tokens, dim), got shape {tuple(prompt_embeds.shape)}")
+        width = getattr(getattr(self.unet, "config", None), "cross_attention_dim", None)
+        for name, tensor in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if tensor is not None and isinstance(width, int) and tensor.shape[-1] != width:
+                raise ValueError(
+                    f"{name} has width {tensor.shape[-1]}; this UNet's cross-attention takes {width} (the text "
+                    "encoder's hidden size)"
+                )
         count = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         if negatives is not None and len(negatives) != count:
             if len(negatives) == 1 and isinstance(negative_prompt, str):
@@ -610,6 +628,9 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         if generator is not None:
             if seed is not None or seeds is not None:
                 raise ValueError("pass seed/seeds or generator, not both")
+            items = generator if isinstance(generator, list) else [generator]
+            if not all(isinstance(g, torch.Generator) for g in items):
+                raise TypeError("generator must be a torch.Generator or a list of them; for a number, pass seed=")
             if isinstance(generator, list):
                 if len(generator) != total:
                     raise ValueError(
@@ -705,6 +726,16 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
             if callback is not None:
                 tensors = {"latents": latents, "prompt_embeds": embeds, "images": (chunk.start, chunk.stop)}
                 returned = callback(self, i, t, tensors)
+                if returned is not None and not isinstance(returned, dict):
+                    raise TypeError(
+                        f"callback_on_step_end must return a dict such as {{'latents': ...}} or None, got "
+                        f"{type(returned).__name__}"
+                    )
+                if returned and "latents" in returned and returned["latents"].shape != latents.shape:
+                    raise ValueError(
+                        f"callback_on_step_end returned latents of shape {tuple(returned['latents'].shape)}; they "
+                        f"must keep the shape {tuple(latents.shape)}"
+                    )
                 if returned:
                     latents = returned.get("latents", latents)
                     embeds = returned.get("prompt_embeds", embeds)
@@ -801,6 +832,7 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         one_at_a_time = self._offload_lock if self._offload_device is not None else contextlib.nullcontext()
         with self._gate.shared(), one_at_a_time:
             call = CallState(sampler=copy.deepcopy(self.scheduler))  # the call's own: steps mutate a sampler
+            call.sampler.set_timesteps(num_inference_steps, device=self.execution_device)  # its errors: before work
             with self._calls.begin(call):
                 return self._generate_locked(
                     call,

@@ -65,9 +65,10 @@ class StableDiffusionImg2ImgPipeline(NetworksMixin, StableDiffusionBase):
         sizes = {image_size(i) for i in images}
         if len(sizes) > 1:
             raise ValueError(f"the init images have different sizes {sorted(sizes)}; pass images of one size")
-        default_h, default_w = default_size(images[0], self.size_multiple)
-        height = default_h if height is None else height  # 0 is an error, not the default
-        width = default_w if width is None else width
+        if height is None or width is None:  # 0 is an error, not the default
+            default_h, default_w = default_size(images[0], self.size_multiple)
+            height = default_h if height is None else height
+            width = default_w if width is None else width
         self.check_size(height, width)
         pixels = preprocess_images(images, height, width)
         return self._generate(

@@ -135,4 +135,9 @@ def preprocess_masks(masks: list[Any], height: int, width: int) -> torch.Tensor:
 def default_size(image: Any, multiple: int) -> tuple[int, int]:
     """The image's size rounded down to a multiple of ``multiple``."""
     height, width = image_size(image)
+    if height < multiple or width < multiple:
+        raise ValueError(
+            f"the init image is {width}x{height}, smaller than the model's size step {multiple}; pass a larger image, "
+            "or height and width"
+        )
     return (height // multiple) * multiple, (width // multiple) * multiple

@@ -7,6 +7,7 @@ UNet beside the latents.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -75,11 +76,19 @@ class StableDiffusionInpaintPipeline(NetworksMixin, StableDiffusionBase):
                 "image and mask_image must have the same size; got " + ", ".join(f"{w}x{h}" for h, w in sorted(sizes))
             )
         self.check_unet_channels()
-        default_h, default_w = default_size(images[0], self.size_multiple)
-        height = default_h if height is None else height  # 0 is an error, not the default
-        width = default_w if width is None else width
+        if height is None or width is None:  # 0 is an error, not the default
+            default_h, default_w = default_size(images[0], self.size_multiple)
+            height = default_h if height is None else height
+            width = default_w if width is None else width
         self.check_size(height, width)
         inputs = {"image": preprocess_images(images, height, width), "mask": preprocess_masks(masks, height, width)}
+        if not bool(inputs["mask"].any()):
+            warnings.warn(
+                "mask_image is black everywhere: inpainting repaints nothing and returns the image re-encoded (white "
+                "mask pixels are repainted)",
+                UserWarning,
+                stacklevel=2,
+            )
         return self._generate(
             prompts=prompts,
             negatives=negatives,
