@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**32 - 1  # as request.MAX_SEED: the noise generator keeps 32 bits, larger seeds would collide
 # what decides the pipeline a worker builds; the rest of a job's settings apply per call
 PIPELINE_FIELDS = ("model", "dtype", "attention")
 PER_IMAGE_FIELDS = ("prompt", "negative_prompt", "seed", "name")
