@@ -419,3 +419,37 @@ def test_offload_device_errors_are_clear(h, framework, tiny_model, device, messa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert pipe("a cat", seed=1, num_inference_steps=1, output_type="latent").images.shape[0] == 1
+
+
+# --- any argument: an image, or a clear error before any model runs --------------------------------------------------
+ODD_NUMBERS = st.one_of(
+    st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.text(max_size=3)
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    height=st.one_of(st.none(), st.sampled_from([0, 4, 30, 32, -32]), ODD_NUMBERS),
+    steps=st.one_of(st.integers(-2, 3), ODD_NUMBERS),
+    guidance=st.one_of(st.floats(-200, 200), ODD_NUMBERS),
+    seed=st.one_of(st.none(), st.integers(-5, 2**33), ODD_NUMBERS, st.lists(st.integers(-1, 3), max_size=2)),
+    images=st.one_of(st.integers(-1, 2), ODD_NUMBERS),
+)
+def test_any_arguments_give_an_image_or_a_clear_error_before_any_model_runs(
+    pipe, height, steps, guidance, seed, images
+):
+    from difframe.errors import DifframeError
+
+    pipe.timings = {}
+    kwargs = dict(height=height, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            out = pipe("a cat", num_images_per_prompt=images, output_type="latent", **kwargs)
+    except (ValueError, TypeError, DifframeError) as error:
+        assert str(error) and not pipe.timings, f"{type(error).__name__} after a model ran: {error}"
+    else:
+        assert out.images.shape[0] == images and torch.isfinite(out.images).all()
+        assert [p.seed for p in out.parameters] == out.seeds and all(0 <= s < 2**32 for s in out.seeds)
+    finally:
+        pipe.timings = None
