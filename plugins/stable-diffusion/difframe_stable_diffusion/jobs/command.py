@@ -22,6 +22,7 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: start Ray here)")
     group.add_argument("--workers", type=int, help="Ray workers (default: the cluster's CPUs / threads per worker)")
     group.add_argument("--threads-per-worker", type=int, help="torch threads of each worker (Ray default 1)")
+    group.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker reserves (default 0)")
     group.add_argument(
         "--batch-size", type=int, default=1, help="jobs with equal settings per pipeline call (default 1: exact)"
     )
@@ -68,6 +69,7 @@ def run_job_file(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             workers=args.workers,
             threads_per_worker=args.threads_per_worker,
+            gpus_per_worker=args.gpus_per_worker,
             address=args.address,
             device=args.device,
             memory_budget=args.memory_budget,

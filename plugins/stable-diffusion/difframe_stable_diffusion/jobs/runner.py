@@ -139,7 +139,10 @@ class LocalEngine:
         device: str | None = None,
         memory_budget: int | str | None = None,
         address: str | None = None,
+        gpus_per_worker: float | None = None,
     ) -> None:
+        if gpus_per_worker is not None:
+            raise ValueError("--gpus-per-worker is for --engine ray; the local engine uses --device")
         if workers not in (None, 1):
             raise ValueError("the local engine runs one worker in this process; --workers is for --engine ray")
         if address is not None:
