@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 
 import torch
 import transformers
-from difframe.errors import ModelLoadError
+from difframe.errors import ConfigError, ModelLoadError
 from difframe.hub import resolve, weight_patterns
+from difframe.paths import check_folder, check_subfolder, check_variant, contained
 from difframe.weights import with_variant
 
 try:  # transformers >= 5 has a torchvision backend and a PIL one; torchvision is not a dependency of ours
@@ -25,11 +26,14 @@ except ImportError:  # transformers 4
 
 def _folder(reference: str | os.PathLike[str], subfolder: str | None, hub: dict[str, Any], **patterns: Any) -> Path:
     hub_options = {k: hub.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token") if k in hub}
+    check_subfolder(subfolder)
+    check_variant(patterns.get("variant"))
     prefix = f"{subfolder}/" if subfolder else ""
     root = resolve(reference, **weight_patterns(prefix, **patterns), **hub_options)
-    folder = root / subfolder if subfolder else root
+    folder = contained(root, subfolder, named_by="subfolder") if subfolder else root
     if not folder.is_dir():
         raise ModelLoadError(f"{root} has no folder {subfolder!r}")
+    check_folder(root, folder)  # transformers reads what the folder holds: every entry stays inside the model
     return folder
 
 
@@ -54,13 +58,16 @@ def _use_safetensors(folder: Path, variant: str | None, allow_pickle: bool) -> b
 
 
 def _check_loading_info(name: str, folder: Path, info: dict[str, Any]) -> None:
-    """transformers re-initializes missing or misshapen weights with a warning; for us that is an error."""
+    """transformers re-initializes missing or misshapen weights and drops unexpected ones (a checkpoint with more
+    layers than config.json says, say) with a warning; for us each is an error."""
     missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
     misshapen = [f"{key}: checkpoint {tuple(a)} vs model {tuple(b)}" for key, a, b in info.get("mismatched_keys") or []]
-    if not (missing or misshapen):
+    if not (missing or unexpected or misshapen):
         return
     text = f"the weights in {folder} do not match {name}:"
-    for title, keys in (("missing from the checkpoint", missing), ("wrong shape", sorted(misshapen))):
+    titled = (("missing from the checkpoint", missing), ("unexpected in the checkpoint", unexpected))
+    for title, keys in (*titled, ("wrong shape", sorted(misshapen))):
         if keys:
             text += f"\n  {title} ({len(keys)}): " + ", ".join(keys[:8]) + (" and more" if len(keys) > 8 else "")
     raise ModelLoadError(text + "\nCheck that config.json describes the architecture these weights were trained with.")
@@ -105,6 +112,45 @@ class _ModelLoader:
             model.to(device)
         return model.eval()
 
+    @classmethod
+    def check_pretrained(
+        cls,
+        reference: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        variant: str | None = None,
+        allow_pickle: bool = False,
+        **_: Any,
+    ) -> None:
+        """What from_pretrained checks before reading a weight: paths, weights files, and a config of positive sizes."""
+        folder = _folder(reference, subfolder, {}, variant=variant, allow_pickle=allow_pickle)
+        _use_safetensors(folder, variant, allow_pickle)
+        config_class = getattr(
+            transformers, f"{cls.model_class.removesuffix('WithProjection').removesuffix('Model')}Config"
+        )
+        try:
+            config = config_class.from_pretrained(folder)
+        except Exception as error:  # transformers' own validation raises its own error types
+            raise ConfigError(
+                f"invalid {cls.model_class} config in {folder / 'config.json'}: {str(error).strip().splitlines()[-1]}"
+            ) from None
+        sizes = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        sizes += ("max_position_embeddings", "vocab_size", "projection_dim", "image_size", "patch_size")
+        wrong = [
+            f"{name}={getattr(config, name)!r}"
+            for name in sizes
+            if hasattr(config, name)
+            and (not isinstance(getattr(config, name), int) or isinstance(getattr(config, name), bool)
+                 or getattr(config, name) < 1)
+        ]  # fmt: skip
+        if not wrong and config.hidden_size % config.num_attention_heads:
+            wrong.append(f"hidden_size={config.hidden_size} is not a multiple of num_attention_heads")
+        if wrong:
+            raise ConfigError(
+                f"invalid {cls.model_class} config in {folder / 'config.json'}: {', '.join(wrong)}; sizes and counts "
+                "must be positive integers"
+            )
+
 
 class CLIPTextModelLoader(_ModelLoader):
     """The CLIP text transformer (Stable Diffusion's text_encoder/): a ``transformers.CLIPTextModel``."""
@@ -134,10 +180,27 @@ class CLIPTokenizerLoader:
     ) -> transformers.CLIPTokenizer:
         """Weight keywords are accepted and ignored."""
         folder = _folder(reference, subfolder, kwargs)
+        _check_tokenizer_files(folder)
         try:
             return transformers.CLIPTokenizer.from_pretrained(folder, **kwargs)
         except (OSError, ValueError) as error:
             raise ModelLoadError(f"cannot load a CLIP tokenizer from {folder}: {error}") from error
+
+    @classmethod
+    def check_pretrained(cls, reference: str | os.PathLike[str], *, subfolder: str | None = None, **_: Any) -> None:
+        _check_tokenizer_files(_folder(reference, subfolder, {}))
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    """transformers builds a tokenizer of its special tokens alone from a folder without its vocabulary, and every
+    prompt then encodes to nothing; refuse that instead."""
+    has_bpe = all((folder / name).is_file() and (folder / name).stat().st_size for name in ("vocab.json", "merges.txt"))
+    if not (has_bpe or (folder / "tokenizer.json").is_file()):
+        present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+        raise ModelLoadError(
+            f"{folder} has no tokenizer vocabulary: a CLIP tokenizer needs vocab.json and merges.txt (or "
+            f"tokenizer.json), and the folder holds {present}. Copy them from the model's original tokenizer/ folder."
+        )
 
 
 class CLIPImageProcessor(_ImageProcessorBase):

@@ -163,3 +163,55 @@ def test_plugin_registrations(model_root):
     conditioner = framework.create("conditioner", "clip-text", tokenizer=tokenizer, text_encoder=encoder)
     assert isinstance(conditioner, CLIPTextConditioner)
     assert conditioner.encode("a cat").shape == (1, 77, 32)
+
+
+# --- silently wrong loading is refused ---------------------------------------------------------------------------
+def test_an_empty_tokenizer_folder_is_refused(tmp_path):
+    (tmp_path / "tokenizer").mkdir()
+    with pytest.raises(ModelLoadError, match="has no tokenizer vocabulary.*vocab.json and merges.txt"):
+        CLIPTokenizerLoader.from_pretrained(tmp_path, subfolder="tokenizer")
+
+
+def test_a_tokenizer_file_linked_from_outside_is_refused(model_root, tmp_path):
+    (tmp_path / "tokenizer").mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / "tokenizer" / name).symlink_to(model_root / "tokenizer" / name)
+    with pytest.raises(ModelLoadError, match="symlink that leads outside the model folder"):
+        CLIPTokenizerLoader.from_pretrained(tmp_path, subfolder="tokenizer")
+
+
+def _text_encoder_copy(model_root, tmp_path):
+    import shutil
+
+    shutil.copytree(model_root / "text_encoder", tmp_path / "text_encoder")
+    return tmp_path / "text_encoder"
+
+
+def test_extra_tensors_in_the_text_encoder_checkpoint_are_an_error(model_root, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _text_encoder_copy(model_root, tmp_path)
+    state = load_file(folder / "model.safetensors")
+    save_file({**state, "text_model.extra.weight": torch.ones(2)}, folder / "model.safetensors", {"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"unexpected in the checkpoint \(1\): (text_model\.)?extra.weight"):
+        CLIPTextModelLoader.from_pretrained(tmp_path, subfolder="text_encoder")
+
+
+def test_a_config_with_fewer_layers_than_the_checkpoint_is_an_error(model_root, tmp_path):
+    folder = _text_encoder_copy(model_root, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    with pytest.raises(ModelLoadError, match=r"unexpected in the checkpoint \(32\).*layers\.[23]"):
+        CLIPTextModelLoader.from_pretrained(tmp_path, subfolder="text_encoder")
+
+
+@pytest.mark.parametrize("changes", [{"hidden_size": -32}, {"num_hidden_layers": 0}, {"num_attention_heads": 5}])
+def test_a_bad_text_encoder_config_is_refused_before_weights(model_root, tmp_path, changes):
+    from difframe.errors import ConfigError
+
+    folder = _text_encoder_copy(model_root, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    named = "attention heads" if "num_attention_heads" in changes else next(iter(changes))
+    with pytest.raises(ConfigError, match=f"invalid CLIPTextModel config.*{named}"):
+        CLIPTextModelLoader.check_pretrained(tmp_path, subfolder="text_encoder")

@@ -484,6 +484,17 @@ class UNet2DConditionModel(ModelMixin):
             raise ConfigError(f"sd-unet config: downsample_padding must be 0 or 1, got {downsample_padding}")
         if conv_in_kernel % 2 == 0 or conv_out_kernel % 2 == 0:
             raise ConfigError("sd-unet config: conv_in_kernel and conv_out_kernel must be odd")
+        sizes = {"in_channels": in_channels, "out_channels": out_channels, "layers_per_block": layers_per_block}
+        sizes |= {"norm_num_groups": norm_num_groups, "conv_in_kernel": conv_in_kernel}
+        sizes |= {"conv_out_kernel": conv_out_kernel}
+        sizes |= {f"block_out_channels[{i}]": c for i, c in enumerate(block_out_channels)}
+        sizes |= {"time_embedding_dim": time_embedding_dim or 1, "time_cond_proj_dim": time_cond_proj_dim or 1}
+        not_positive = [f"{name}={value}" for name, value in sizes.items() if value < 1]
+        if not blocks or not_positive:
+            raise ConfigError(
+                "sd-unet config: channel counts, sizes and layer counts must be positive; got "
+                + (", ".join(not_positive) or "an empty block_out_channels")
+            )
         heads = _per_block("attention_head_dim", num_attention_heads or attention_head_dim, blocks)
         context_dims = _per_block("cross_attention_dim", cross_attention_dim, blocks)
         transformer_layers = _per_block("transformer_layers_per_block", transformer_layers_per_block, blocks)

@@ -198,6 +198,9 @@ def test_weights_of_another_architecture_name_the_parameter_and_both_shapes(tmp_
         ({"dual_cross_attention": True}, "dual_cross_attention=True"),
         ({"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}, "mid_block_type"),
         ({"layers_per_block": "two"}, "field layers_per_block"),
+        ({"in_channels": -4}, "must be positive; got in_channels=-4"),
+        ({"block_out_channels": (-32, 64)}, r"block_out_channels\[0\]=-32"),
+        ({"layers_per_block": 0}, "layers_per_block=0"),
     ],
 )
 def test_configs_that_describe_no_valid_network_are_refused(configs, changes, message):

@@ -8,6 +8,7 @@ checkpoint layout (diffusers' AutoencoderKL), so the vae/ folder of any Stable D
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -269,7 +270,7 @@ class AutoencoderKL(ModelMixin):
         super().__init__()
         _check_config(
             in_channels, out_channels, down_block_types, up_block_types, block_out_channels, layers_per_block,
-            act_fn, latent_channels, norm_num_groups, sample_size,
+            act_fn, latent_channels, norm_num_groups, sample_size, scaling_factor,
         )  # fmt: skip
         common = {"channels": block_out_channels, "layers": layers_per_block, "groups": norm_num_groups}
         common |= {"act_fn": act_fn, "mid_attention": mid_block_add_attention}
@@ -437,9 +438,17 @@ def _check_config(
     latent_channels: int,
     norm_num_groups: int,
     sample_size: int | tuple[int, int],
+    scaling_factor: float,
 ) -> None:
     """Reject configs that cannot describe a network this module builds, naming the field and the fix."""
     problems = []
+    if not (math.isfinite(scaling_factor) and scaling_factor > 0):
+        problems.append(
+            f"scaling_factor must be a positive number (0.18215 for Stable Diffusion 1.x/2.x VAEs), got "
+            f"{scaling_factor}: latents are divided by it before decoding"
+        )
+    if any(c < 1 for c in block_out_channels):
+        problems.append(f"block_out_channels must be positive, got {block_out_channels}")
     if not block_out_channels:
         problems.append("block_out_channels must list at least one width")
     if len(down_block_types) != len(block_out_channels) or len(up_block_types) != len(block_out_channels):

@@ -234,6 +234,10 @@ def test_wrong_input_shapes_are_clear_errors(vae):
         ({"up_block_types": ("UpDecoderBlock2D", "AttnUpDecoderBlock2D")}, "not implemented"),
         ({"act_fn": "tanh"}, "act_fn"),
         ({"latent_channels": 0}, "latent_channels must be at least 1"),
+        ({"scaling_factor": 0.0}, "scaling_factor must be a positive number"),
+        ({"scaling_factor": math.nan}, "scaling_factor must be a positive number"),
+        ({"scaling_factor": -0.18215}, "scaling_factor must be a positive number"),
+        ({"block_out_channels": (-32, 64)}, "block_out_channels must be positive"),
     ],
 )
 def test_invalid_configs_are_rejected(changes, message, tiny_config):
