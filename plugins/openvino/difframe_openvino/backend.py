@@ -153,7 +153,7 @@ class _TextGraph(nn.Module):
         return out.last_hidden_state, out.pooler_output, torch.stack(out.hidden_states)
 
 
-# --- the forwards that replace the modules' own ------------------------------------------------------------------------
+# --- the forwards that replace the modules' own ---------------------------------------------------------------------
 def _unet_forward(graph: Graph) -> Any:
     def forward(
         self: nn.Module,

@@ -14,7 +14,7 @@ from difframe.attention import set_attention
 from difframe.errors import ConfigError, UnavailableError
 
 PROMPTS = ["a red circle on a blue background", "a green square on a yellow background"]
-CALL = dict(num_inference_steps=6, guidance_scale=7.5, output_type="np")
+CALL = dict(num_inference_steps=4, guidance_scale=7.5, output_type="np")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_float32_images_match_eager(eager, compiled):
     """The same seeds through the compiled graphs: within 1e-3 (observed ~1e-5: only the order of float sums
     differs), across batch sizes, image sizes, guidance and chunked batches."""
     assert [s.from_cache for s in compiled.backend.startup] == [False, False, False]  # a fresh cache: converted
-    for options in ({}, {"width": 96, "height": 64}, {"memory_budget": 1}):
+    for options in ({}, {"width": 96, "height": 64, "memory_budget": 1}):  # another size, one image per chunk
         ours = eager(PROMPTS, seed=11, **CALL, **options).images
         theirs = compiled(PROMPTS, seed=11, **CALL, **options).images
         assert ours.shape == theirs.shape
@@ -65,7 +65,10 @@ def test_second_start_comes_from_the_disk_cache_and_bf16_stays_close(framework, 
     if "BF16" not in __import__("difframe_openvino.backend").backend.cpu_capabilities():
         pytest.skip("this CPU has no bfloat16 in hardware (AMX or AVX-512 bf16)")
     bf16 = framework.build(
-        "stable-diffusion", progress=False, backend="openvino", backend_options={"precision": "bf16", "cache_dir": cache}
+        "stable-diffusion",
+        progress=False,
+        backend="openvino",
+        backend_options={"precision": "bf16", "cache_dir": cache},
     )
     assert bf16.backend.precision == "bf16"
     assert [s.from_cache for s in bf16.backend.startup] == [True, True, True]  # the same IR, compiled for bf16
