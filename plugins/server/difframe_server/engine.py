@@ -13,6 +13,15 @@ from .jobs import Job
 log = logging.getLogger("difframe_server")
 
 
+class ModelUnavailable(Exception):
+    """The chosen model could not be loaded; the cause is logged, not sent to the client (it names server paths)."""
+
+    def __init__(self, title: str, cause: Exception) -> None:
+        super().__init__(
+            f"model {title!r} could not be loaded ({type(cause).__name__}); the server log has the details"
+        )
+
+
 @dataclass(frozen=True)
 class Generation:
     """The validated settings of one request, in difframe's terms."""
@@ -57,7 +66,11 @@ class Engine:
             self._pipes = {}
             self.loaded = None
             log.info("loading model %s", entry.title)
-            pipe = self.framework.build("stable-diffusion", model=entry.reference, device=device, dtype=dtype)
+            try:
+                pipe = self.framework.build("stable-diffusion", model=entry.reference, device=device, dtype=dtype)
+            except Exception as error:
+                log.error("model %s could not be loaded: %s", entry.title, error)
+                raise ModelUnavailable(entry.title, error) from error
             pipe.set_progress_bar_config(disable=True)
             self._pipes["txt2img"] = pipe
             self.loaded = entry

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .catalog import UnknownModel
+from .engine import ModelUnavailable
 from .images import BadImage
 from .jobs import QueueFull, ShuttingDown
 
@@ -62,6 +63,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnknownModel)
     async def unknown_model(request: Request, error: UnknownModel) -> JSONResponse:
         return JSONResponse(status_code=404, content=_body("UnknownModel", str(error)))
+
+    @app.exception_handler(ModelUnavailable)
+    async def model_unavailable(request: Request, error: ModelUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=500, content=_body("ModelUnavailable", str(error)))
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, error: QueueFull) -> JSONResponse:

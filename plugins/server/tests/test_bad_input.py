@@ -140,3 +140,17 @@ def models_server(engine, framework, tmp_path_factory):
     (models / "outside").symlink_to(outside, target_is_directory=True)
     with serve_in_thread(ServerSettings(models_dir=models), engine=engine, framework=framework) as running:
         yield running
+
+
+def test_a_model_that_fails_to_load_is_reported_without_its_paths(models_server):
+    """ "inside" is offered (it has model_index.json) but holds no weights: the request fails with a message that
+    names the model and not the server's folders, and the server serves the next request."""
+    assert post(models_server, "/sdapi/v1/options", {"sd_model_checkpoint": "inside"}).status_code == 200
+    try:
+        response = post(models_server, "/sdapi/v1/txt2img", SMALL)
+        assert response.status_code == 500
+        assert "'inside' could not be loaded" in response.json()["detail"]
+        assert str(models_server.state.settings.models_dir) not in response.text and "Traceback" not in response.text
+    finally:
+        post(models_server, "/sdapi/v1/options", {"sd_model_checkpoint": "difframe-shapes"})
+    assert post(models_server, "/sdapi/v1/txt2img", SMALL).status_code == 200
