@@ -72,6 +72,16 @@ def test_defaults_aliases_and_base_seed():
     assert [[j.line for j in batch] for batch in group_batches(jobs, 1)] == [[1], [3], [2]]
 
 
+def test_a_missing_model_folder_is_one_problem(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    rows = lines(
+        {"prompt": "a", "seed": 1}, {"prompt": "b", "seed": 2, "model": "org/hub-id"}, {"prompt": "c", "seed": 3}
+    )
+    with pytest.raises(JobFileError) as caught:
+        parse_jobs(rows, source="jobs.jsonl", defaults={"model": missing})
+    assert caught.value.problems == [f"jobs.jsonl: model folder {missing} does not exist (lines 1, 3)"]
+
+
 def test_output_folder_that_cannot_be_written(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

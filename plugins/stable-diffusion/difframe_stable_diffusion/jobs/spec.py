@@ -130,10 +130,16 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{where}: {message}" if where else message
 
 
-def _model_reference(model: Any) -> Any:
-    """A local model folder is passed on as an absolute path: workers may run in another directory."""
-    if isinstance(model, str) and model and Path(model).expanduser().exists():
-        return str(Path(model).expanduser().resolve())
+def _model_reference(model: Any, missing: dict[str, list[int]], number: int) -> Any:
+    """A local model folder is passed on as an absolute path (workers may run in another directory); a path that
+    does not exist is noted (hub ids, "org/name", are left to the workers)."""
+    if not isinstance(model, str) or not model:
+        return model
+    path = Path(model).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if model.startswith(("/", ".", "~")) or ":\\" in model:
+        missing.setdefault(model, []).append(number)
     return model
 
 
@@ -149,6 +155,7 @@ def parse_jobs(
     jobs: list[Job] = []
     problems: list[str] = []
     first_line: dict[str, int] = {}
+    missing_models: dict[str, list[int]] = {}
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
@@ -179,10 +186,11 @@ def parse_jobs(
                 "the seed S+i), so that every image can be made again"
             )
             continue
+        data = {**defaults, **data}
         if "model" in data:
-            data["model"] = _model_reference(data["model"])
+            data["model"] = _model_reference(data["model"], missing_models, number)
         try:
-            job = Job.model_validate({**defaults, **data})
+            job = Job.model_validate(data)
         except ValidationError as error:
             problems.extend(f"{source} line {number}: {_describe(e)}" for e in error.errors())
             continue
@@ -202,6 +210,10 @@ def parse_jobs(
                 f"{source} line {job.line}: name {job.name!r} is also used on line {names[job.file_name()]}"
             )
         names[job.file_name()] = job.line
+    for model, numbers in missing_models.items():  # one problem per model, not one per job
+        where = f"line {numbers[0]}" if len(numbers) == 1 else f"lines {', '.join(map(str, numbers[:10]))}"
+        more = ", ..." if len(numbers) > 10 else ""
+        problems.append(f"{source}: model folder {model} does not exist ({where}{more})")
     if problems:
         raise JobFileError(problems)
     if not jobs:
