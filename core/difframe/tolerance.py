@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +40,7 @@ SHADOW_RUNS = 2
 FLOOR_ROUNDINGS = 16
 
 Model = Callable[[torch.Tensor, Any], torch.Tensor]
+Seed = int | Sequence[int] | None  # a list: one generator per image, as pipelines pass them
 
 
 def perturb(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -59,10 +60,13 @@ def _finite(x: Any) -> bool:
 class _Run:
     """One sampler walking its trajectory: the model is evaluated on its own samples, with its own generator."""
 
-    def __init__(self, sampler: Any, sample: torch.Tensor, seed: int | None, step_kwargs: dict[str, Any]) -> None:
+    def __init__(self, sampler: Any, sample: torch.Tensor, seed: Seed, step_kwargs: dict[str, Any]) -> None:
         self.sampler, self.sample, self.step_kwargs = sampler, sample, step_kwargs
-        takes_generator = "generator" in inspect.signature(sampler.step).parameters
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None and takes_generator else None
+        self.generator: Any = None
+        if seed is not None and "generator" in inspect.signature(sampler.step).parameters:
+            seeds = [seed] if isinstance(seed, int) else list(seed)
+            generators = [torch.Generator().manual_seed(s) for s in seeds]
+            self.generator = generators[0] if isinstance(seed, int) else generators
 
     def step(self, model: Model, t: Any, disturb: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Any:
         sample = disturb(self.sample) if disturb else self.sample
@@ -82,7 +86,7 @@ def assert_trajectories_match(
     model: Model,
     sample: torch.Tensor,
     *,
-    seed: int | None = None,
+    seed: Seed = None,
     step_kwargs: dict[str, Any] | None = None,
     theirs_step_kwargs: dict[str, Any] | None = None,
     method_rtol: float = 0.0,
@@ -92,10 +96,10 @@ def assert_trajectories_match(
 
     The samplers' ``step`` results must have ``prev_sample`` (and may have ``pred_original_sample``).
 
-    ``seed`` seeds one generator per run for stochastic steps. ``method_rtol`` allows a stated difference of method
-    on top of rounding (for example coefficients integrated numerically by one side and exactly by the other).
-    Stops early, without failing, where the reference's own result stops being finite (its overflows are its own).
-    Returns the number of steps compared.
+    ``seed`` seeds one generator per run for stochastic steps (a list of seeds: one generator per image).
+    ``method_rtol`` allows a stated difference of method on top of rounding (for example coefficients integrated
+    numerically by one side and exactly by the other). Stops early, without failing, where the reference's own
+    result stops being finite (its overflows are its own). Returns the number of steps compared.
     """
     kwargs = step_kwargs or {}
     theirs_kwargs = theirs_step_kwargs if theirs_step_kwargs is not None else kwargs

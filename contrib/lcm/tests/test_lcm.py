@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 from difframe import Framework
+from difframe.tolerance import assert_trajectories_match
 from difframe_plugin_lcm import plugin
 from difframe_plugin_lcm.lcm import LCMScheduler
 from difframe_plugin_lcm.tcd import TCDScheduler
@@ -28,14 +29,7 @@ def trajectory_parity(ours: Any, theirs: Any, step_kwargs: dict[str, Any], **set
     theirs.set_timesteps(**set_kwargs)
     assert torch.equal(ours.timesteps, theirs.timesteps)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    a, b = x, x
-    ga, gb = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    for t in ours.timesteps:
-        out_a = ours.step(model(a, t), t, a, generator=ga, **step_kwargs)
-        out_b = theirs.step(model(b, t), t, b, generator=gb, **step_kwargs)
-        a, b = out_a.prev_sample, out_b.prev_sample
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-6)
-        torch.testing.assert_close(out_a.pred_original_sample, out_b[1], atol=1e-5, rtol=1e-6)
+    assert_trajectories_match(ours, theirs, model, x, seed=5, step_kwargs=step_kwargs)
 
 
 LCM_CONFIGS = [
