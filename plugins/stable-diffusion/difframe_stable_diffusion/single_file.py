@@ -655,9 +655,7 @@ def save_single_file(
     if path.suffix != ".safetensors":
         raise ValueError(f"save_single_file writes .safetensors files; got {path.name!r}")
     state = single_file_state(pipeline, keep_unused=keep_unused)
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    write_safetensors(state, path, metadata={"format": "pt"})
+    write_safetensors(state, path, metadata={"format": "pt"}, dtype=dtype)
     return path
 
 
@@ -675,21 +673,28 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """The safetensors format written one tensor at a time through a temporary file, then renamed into place.
+def write_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str], dtype: torch.dtype | None = None
+) -> None:
+    """The safetensors format written one tensor at a time through a temporary file, then renamed into place;
+    ``dtype`` converts floating tensors, one at a time as they are written.
 
     safetensors' own ``save_file`` first turns every tensor into bytes, a second copy of the whole model in memory
     (4 GB for SD 1.5 in fp32); streaming keeps the peak at one tensor.
     """
+
+    def stored_dtype(tensor: torch.Tensor) -> torch.dtype:
+        return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for key in sorted(tensors):
-        tensor = tensors[key]
-        if tensor.dtype not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"cannot write {key}: dtype {tensor.dtype} has no safetensors name")
-        size = tensor.numel() * tensor.element_size()
+        tensor, stored = tensors[key], stored_dtype(tensors[key])
+        if stored not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"cannot write {key}: dtype {stored} has no safetensors name")
+        size = tensor.numel() * stored.itemsize
         header[key] = {
-            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "dtype": _SAFETENSORS_DTYPES[stored],
             "shape": list(tensor.shape),
             "data_offsets": [offset, offset + size],
         }
@@ -703,7 +708,7 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata:
             handle.write(len(encoded).to_bytes(8, "little"))
             handle.write(encoded)
             for key in sorted(tensors):
-                for chunk in _bytes_of(tensors[key]):
+                for chunk in _bytes_of(tensors[key].to(stored_dtype(tensors[key]))):
                     handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())

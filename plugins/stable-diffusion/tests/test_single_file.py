@@ -159,6 +159,23 @@ def test_sd2_round_trip_fuses_qkv_back_and_keeps_unused_layers(h, framework, sd2
     assert all(torch.equal(tensors[k], v) for k, v in {**original, **extra_layer}.items())
 
 
+def test_saving_over_the_loaded_file_and_in_half_precision(h, framework, tiny_model, tmp_path):
+    """The file a pipeline was loaded from (and still maps) can be replaced by its own save; fp16 halves it."""
+    import shutil
+
+    path = tmp_path / "model.safetensors"
+    shutil.copy(_saved(h, framework, tiny_model, "text"), path)
+    original = load_file(path)
+    pipe = h.build(framework, path, config=tiny_model)
+    pipe.save_single_file(path)
+    rewritten = load_file(path)
+    assert rewritten.keys() == original.keys() and all(torch.equal(rewritten[k], v) for k, v in original.items())
+
+    half = load_file(pipe.save_single_file(tmp_path / "half.safetensors", dtype=torch.float16))
+    assert all(half[k].dtype == torch.float16 and torch.equal(half[k], v.half()) for k, v in original.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half.safetensors", "model.safetensors"]  # no leftovers
+
+
 def test_text_encoder_keys_without_text_model_prefix(h, framework, tiny_model, tmp_path):
     """Checkpoints written with another transformers version name the text encoder without ``text_model.``."""
     path = _saved(h, framework, tiny_model, "text")
