@@ -737,6 +737,8 @@ def _umask() -> int:
 class SingleFileMixin:
     """Single-file loading and saving for the Stable Diffusion pipelines."""
 
+    single_file: SingleFileInfo | None = None  # set when loaded from a single file
+
     @classmethod
     def load_single_file(cls, path: str | os.PathLike[str], *, framework: Any, **options: Any) -> Any:
         """Called by ``from_pretrained`` / ``from_single_file`` / ``Framework.build`` for a file. ``config``: a model
