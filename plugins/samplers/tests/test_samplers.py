@@ -14,6 +14,7 @@ import torch
 from difframe import Framework
 from difframe.errors import ConfigError, UnavailableError, UnknownComponentError
 from difframe.scheduling import make_alphas_cumprod, make_betas
+from difframe.tolerance import assert_trajectories_match
 from difframe_samplers import plugin
 
 diffusers = pytest.importorskip("diffusers")
@@ -171,11 +172,7 @@ def test_stable_diffusion_folder_builds_dpmpp_with_the_models_schedule(tmp_path:
     ours.set_timesteps(25)
     theirs.set_timesteps(25)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    a = b = x
-    for t in ours.timesteps:
-        a = ours.step(model(a, t), t, a).prev_sample
-        b = theirs.step(model(b, t), t, b).prev_sample
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-6)
+    assert_trajectories_match(ours, theirs, model, x)
 
 
 @pytest.mark.parametrize("name", BASE_NAMES)
@@ -379,18 +376,15 @@ def test_image_to_image_start_in_the_middle(fw: Framework, name: str) -> None:
     ours = fw.scheduler(name, SD15)
     theirs = getattr(diffusers, type(ours).layout_name[1]).from_config(dict(ours.config))
     start = 10 * ours.order
-    results = []
+    starts = []
     for scheduler in (ours, theirs):
         scheduler.set_timesteps(20)
-        timesteps = scheduler.timesteps[start:]
         x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
         noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-        x = scheduler.add_noise(x, noise, timesteps[:1])
-        kwargs = {"generator": torch.Generator().manual_seed(2)} if fw.get("scheduler", name).spec.stochastic else {}
-        for t in timesteps:
-            x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x, **kwargs).prev_sample
-        results.append(x)
-    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-6)
+        starts.append(scheduler.add_noise(x, noise, scheduler.timesteps[start : start + 1]))
+    torch.testing.assert_close(starts[0], starts[1], atol=1e-5, rtol=1e-6)
+    timesteps = (ours.timesteps[start:], theirs.timesteps[start:])
+    assert_trajectories_match(ours, theirs, model, starts[1], seed=2, timesteps=timesteps)
 
 
 @pytest.mark.parametrize("name", ["euler_a", "ddpm", "dpmpp_2m_sde", "dpm2_a"])
@@ -398,15 +392,10 @@ def test_one_generator_per_image_matches_reference(fw: Framework, name: str) -> 
     """Pipelines pass a list of generators, one per image in the batch."""
     ours = fw.scheduler(name, SD15)
     theirs = getattr(diffusers, type(ours).layout_name[1]).from_config(dict(ours.config))
-    results = []
-    for scheduler in (ours, theirs):
-        scheduler.set_timesteps(6)
-        generators = [torch.Generator().manual_seed(s) for s in (3, 4)]
-        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
-            x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x, generator=generators).prev_sample
-        results.append(x)
-    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-6)
+    ours.set_timesteps(6)
+    theirs.set_timesteps(6)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * theirs.init_noise_sigma
+    assert_trajectories_match(ours, theirs, model, x, seed=[3, 4])
 
 
 def test_pipeline_set_scheduler_keeps_the_noise_schedule(fw: Framework) -> None:
@@ -437,16 +426,11 @@ def test_pipeline_set_scheduler_keeps_the_noise_schedule(fw: Framework) -> None:
 def test_explicit_schedules_match_reference(fw: Framework, name: str, schedule: dict[str, list[float]]) -> None:
     ours = fw.scheduler(name, SD15)
     theirs = getattr(diffusers, type(ours).layout_name[1]).from_config(dict(ours.config))
-    results = []
-    for scheduler in (ours, theirs):
-        scheduler.set_timesteps(**schedule)
-        x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
-        kwargs = {"generator": torch.Generator().manual_seed(3)} if fw.get("scheduler", name).spec.stochastic else {}
-        for t in scheduler.timesteps:
-            x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x, **kwargs).prev_sample
-        results.append(x)
+    ours.set_timesteps(**schedule)
+    theirs.set_timesteps(**schedule)
     torch.testing.assert_close(ours.timesteps.double(), theirs.timesteps.double(), atol=1e-3, rtol=0)
-    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-6)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * theirs.init_noise_sigma
+    assert_trajectories_match(ours, theirs, model, x, seed=3)
 
 
 def test_generator_list_must_match_the_batch(fw: Framework) -> None:
