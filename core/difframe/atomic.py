@@ -190,7 +190,10 @@ def clean_stale_saves(target: str | os.PathLike[str], min_age_s: float | None = 
     for folder in candidates:
         if folder.is_symlink() or not folder.is_dir() or now - folder.stat().st_mtime < min_age_s:
             continue
-        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:  # folders cannot be opened on Windows: no lock to test, so leave it
+            continue
         try:
             if _try_lock(fd):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -226,9 +229,13 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_saves(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".saving", dir=target.parent))
-    lock = os.open(staging, os.O_RDONLY)
     try:
-        _try_lock(lock)
+        lock: int | None = os.open(staging, os.O_RDONLY)
+    except OSError:  # Windows
+        lock = None
+    try:
+        if lock is not None:
+            _try_lock(lock)
         try:
             yield staging
         except BaseException:
@@ -242,4 +249,5 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
         _swap(staging, target)
         shutil.rmtree(staging, ignore_errors=True)  # now holds the previous contents
     finally:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)

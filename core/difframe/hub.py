@@ -46,9 +46,16 @@ def resolve(
         return path
     text = os.fspath(reference)
     if isinstance(reference, os.PathLike) or path.exists() or _looks_like_path(text):
+        hidden = path.with_name(f".{path.name}.previous")
         raise ModelLoadError(
             f"model folder {text!r} does not exist (or is not a folder). Pass an existing folder that holds "
             "model_index.json or config.json, or a hub id such as 'org/name'."
+            + (
+                f" A save that was interrupted left the previous copy at {hidden}: the next save to {text!r} "
+                "puts it back, or rename it yourself."
+                if hidden.is_dir()
+                else ""
+            )
         )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import os
@@ -192,6 +193,7 @@ class DiffusionPipeline:
                 **overrides,
             )
         extra = {k: overrides.pop(k) for k in list(overrides) if k not in cls.declared}
+        cls._check_option_names(extra)
         hub = {
             "revision": revision,
             "cache_dir": cache_dir,
@@ -247,6 +249,25 @@ class DiffusionPipeline:
         raise ModelLoadError(
             f"{path} is a file, and {cls.__name__} loads only model folders (with {INDEX_NAME}) or hub ids"
         )
+
+    @classmethod
+    def _check_option_names(cls, options: dict[str, Any]) -> None:
+        """Unknown build options are refused before anything loads (``apply_options`` runs after the weights)."""
+        known = set(cls.declared)
+        for klass in cls.__mro__:
+            method = vars(klass).get("apply_options")
+            if method is not None:
+                parameters = inspect.signature(method).parameters.values()
+                known |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        unknown = sorted(options.keys() - known - {"self"})
+        if unknown:
+            hints = [difflib.get_close_matches(name, sorted(known - {"self"}), n=1) for name in unknown]
+            said = ", ".join(
+                f"{name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") for name, hint in zip(unknown, hints)
+            )
+            raise TypeError(
+                f"{cls.__name__} got unknown option(s): {said}. It takes {', '.join(sorted(known - {'self'}))}."
+            )
 
     def apply_options(self, **options: Any) -> None:
         """Pipeline-specific build options (e.g. ``attention``); the base class knows none."""

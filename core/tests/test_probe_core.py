@@ -207,6 +207,10 @@ def unknown_sampler_override(tmp: Path) -> dict:
     return {"model": _toy(tmp), "scheduler": "no-such-sampler"}
 
 
+def unknown_build_option(tmp: Path) -> dict:
+    return {"model": _toy(tmp), "atention": "sdpa"}
+
+
 def malicious_pickle(tmp: Path) -> dict:
     import pickle
 
@@ -248,6 +252,7 @@ LOADING: list[Callable[[Path], dict]] = [
     missing_weights_file,
     shard_missing,
     unknown_sampler_override,
+    unknown_build_option,
     malicious_pickle,
 ]
 
@@ -269,7 +274,7 @@ def run_loading_case(setup: Callable[[Path], dict], tmp: Path, monkeypatch: pyte
     framework = Framework(plugins=[ToyPlugin()])
     try:
         framework.build("toy", **options)
-    except DifframeError as error:
+    except (DifframeError, TypeError) as error:
         assert len(str(error)) > 30, error
         assert reads_weights or not reads, f"{setup.__name__}: refused only after reading {reads}"
         return "refused"
@@ -363,6 +368,8 @@ def killed_between_fallback_renames(tmp: Path) -> None:
     before = _files(tmp / "m")
     _killed_save(tmp / "m", "second_rename", exchange=False)
     assert not (tmp / "m").exists() and (tmp / ".m.previous").is_dir()
+    with pytest.raises(DifframeError, match=r"previous copy at .*\.m\.previous: the next save"):
+        ToyDenoiser.from_pretrained(tmp / "m")
     clean_stale_saves(tmp / "m", min_age_s=0)
     assert _files(tmp / "m") == before
     assert sorted(p.name for p in tmp.iterdir()) == ["m"]
