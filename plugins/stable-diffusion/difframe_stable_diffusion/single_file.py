@@ -171,6 +171,11 @@ def check_supported(file: CheckpointFile) -> None:
     if file.has(UNET_PREFIX):
         return
     first = ", ".join(keys[:5]) or "no tensors at all"
+    if 0 < len(keys) <= 2 and all(shape and shape[-1] in (768, 1024) for shape in file.shapes.values()):
+        raise ModelLoadError(
+            f"{file.path} looks like a textual inversion embedding (keys {first}), not a checkpoint: load it as an "
+            "embedding"
+        )
     if any(key.startswith(("down_blocks.", "encoder.down_blocks.", "text_model.", "encoder.layers.")) for key in keys):
         raise ModelLoadError(
             f"{file.path} holds one model in the folder layout (keys {first}), not a whole checkpoint: put it in a "
@@ -313,8 +318,8 @@ def infer_text_config(file: CheckpointFile, layout: str, family: Family) -> dict
         act, projection = "quick_gelu", hidden
     if hidden != family.context_dim:
         raise ModelLoadError(
-            f"{file.path}: the text encoder is {hidden} wide but the UNet reads {family.context_dim}-wide text: the "
-            "file mixes models of different families"
+            f"{file.path}: the text encoder is {hidden} wide, but {family.title} reads {family.context_dim}-wide "
+            "text: the file is not of that family (or mixes models of different families)"
         )
     return {
         "vocab_size": vocab,

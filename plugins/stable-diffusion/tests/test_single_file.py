@@ -291,6 +291,8 @@ def test_sd2_inferred_v_prediction_is_said_and_can_be_named(tmp_path):
     assert "config='sd2-base'" in plan.assumptions[0]
     assert plan.unet["attention_head_dim"] == [5, 10, 20, 20] and plan.unet["use_linear_projection"] is True
     assert plan.text["num_hidden_layers"] == 23 and plan.text["hidden_act"] == "gelu"
+    with pytest.raises(ModelLoadError, match="1024 wide, but Stable Diffusion 1.x reads 768-wide"):
+        make_plan(header, "sd1", "openclip")
     named = make_plan(header, "sd2-base", "openclip")
     assert named.scheduler[1]["prediction_type"] == "epsilon" and not named.inferred and named.unet["sample_size"] == 64
 
@@ -335,6 +337,8 @@ def test_bad_files_are_refused_by_name(h, framework, tiny_model, tiny_inpaint_mo
         {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(1)}, tmp_path / "l.safetensors"
     )
     refused(tmp_path / "l.safetensors", "is a LoRA")
+    save_file({"<cat-toy>": torch.zeros(768)}, tmp_path / "learned_embeds.safetensors")
+    refused(tmp_path / "learned_embeds.safetensors", "textual inversion embedding")
 
     path = _saved(h, framework, tiny_model, "text")
     refused(path, r"not one this version can infer.*config=", scheduler="dpmpp")  # tiny: heads not in the shapes
