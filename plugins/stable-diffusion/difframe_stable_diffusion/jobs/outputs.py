@@ -85,7 +85,7 @@ class OutputFolder:
             n += 1
         return candidate
 
-    def write(self, job: Job, png: bytes, worker: str = "") -> Path:
+    def write(self, job: Job, png: bytes, worker: str = "", threads: int = 0) -> Path:
         """The PNG under its final name (whole or not at all), then its manifest line."""
         path = self._target(job)
         atomic_write_bytes(path, png)
@@ -97,6 +97,7 @@ class OutputFolder:
             "prompt": job.prompt,
             "seed": job.seed,
             "worker": worker,
+            "threads": threads,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         with open(self.manifest, "a", encoding="utf-8") as handle:

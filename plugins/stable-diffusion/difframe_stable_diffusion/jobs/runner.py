@@ -98,7 +98,7 @@ class RunContext:
         if self.summary.paths[i] is not None:  # a retried job that already arrived: never written twice
             return
         if result.png is not None:
-            self.summary.paths[i] = self.folder.write(job, result.png, worker=result.worker)
+            self.summary.paths[i] = self.folder.write(job, result.png, result.worker, result.threads)
             self.summary.written += 1
             self.summary.failures.pop(job.key, None)
         else:

@@ -19,6 +19,7 @@ class JobResult:
     png: bytes | None = None
     error: str | None = None
     worker: str = ""
+    threads: int = 0  # torch threads that made it: pixels can depend on it (docs/ray.md, "Identical results")
 
 
 class ModelLoadFailed(RuntimeError):
@@ -79,8 +80,12 @@ class JobWorker:
 
     def run(self, jobs: list[Job]) -> list[JobResult]:
         """One result per job. A batch that fails is retried job by job, so one bad job fails alone."""
+        import torch
+
+        threads = torch.get_num_threads()
         try:
-            return [JobResult(job.key, png, worker=self.name) for job, png in zip(jobs, self._generate(jobs))]
+            pngs = self._generate(jobs)
+            return [JobResult(job.key, png, worker=self.name, threads=threads) for job, png in zip(jobs, pngs)]
         except ModelLoadFailed:
             raise
         except Exception as error:
