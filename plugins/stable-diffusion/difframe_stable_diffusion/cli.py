@@ -14,7 +14,7 @@ from typing import Any
 
 INTERRUPTED_KEY = "Interrupted"  # as common.INTERRUPTED_KEY; common imports torch, this module must not
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "auto")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -67,7 +67,21 @@ def add_generate_command(cli: Any) -> None:
     parser.add_argument("-o", "--out", default="outputs", help="output folder (default ./outputs)")
     parser.add_argument("--from-png", dest="from_png", help="reproduce the image whose parameters this PNG holds")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
-    parser.add_argument("--dtype", choices=DTYPES, help="weights dtype (default float32 on CPU, float16 on GPU)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="weights dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 on CPUs with it)",
+    )
+    parser.add_argument(
+        "--backend", help="where the models run: eager (default), openvino, torch-compile, cuda-kernels"
+    )
+    parser.add_argument(
+        "--backend-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the backend, repeatable (e.g. precision=bf16 for openvino); see docs/backends.md",
+    )
     parser.add_argument("--attention", default="auto", help="attention backend (default auto)")
     parser.add_argument("--memory-budget", help="bytes one chunk of the batch may use, e.g. 6GB (default auto)")
     parser.add_argument("--cpu-offload", action="store_true", help="keep models in RAM, each on the GPU as it runs")
@@ -244,7 +258,33 @@ def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
         options["config"] = args.model_config
     if args.allow_pickle:
         options["allow_pickle"] = True
+    if dtype == "auto":  # resolved here: the memory check below needs the real item size
+        from difframe.backends import auto_dtype
+
+        supported = framework.get("backend", args.backend or "eager").spec.supports.dtypes
+        dtype = auto_dtype(device.type, supported)
     options["dtype"] = getattr(torch, dtype)
+    if args.backend:
+        options["backend"] = args.backend
+    if args.backend_option:
+        options["backend_options"] = parse_backend_options(args.backend_option)
+    return options
+
+
+def parse_backend_options(pairs: list[str]) -> dict[str, Any]:
+    """['precision=bf16', 'num_threads=2'] -> {'precision': 'bf16', 'num_threads': 2} (values read as JSON if they
+    are JSON, else kept as text)."""
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"--backend-option takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
     return options
 
 
@@ -268,8 +308,10 @@ def _check_against_model(params: Any, build: dict[str, Any], call: dict[str, Any
     from .images import default_size
     from .request import check_memory, check_scaling_factor, check_size, minimum_image_bytes, read_geometry
 
-    reference = params.model or Framework().get("pipeline", "stable-diffusion").spec.default_model
-    folder = Path(os.path.expanduser(packaged_folder(reference)))
+    if params.model:
+        folder = Path(os.path.expanduser(params.model))
+    else:
+        folder = Path(packaged_folder(Framework().get("pipeline", "stable-diffusion").spec.default_model))
     geometry = read_geometry(folder) if folder.is_dir() else None
     if geometry is None:  # a hub id or a plugin's layout: the pipeline checks after loading, before denoising
         return

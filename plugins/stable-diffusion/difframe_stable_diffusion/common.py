@@ -159,7 +159,7 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         self.timings: dict[str, float] | None = None  # set to {} to measure time inside the model calls
         self._gate = CallGate()  # calls shared, changes to the models exclusive (see concurrency.py)
         self._calls = ActiveCalls()
-        self._offload_lock = threading.Lock()  # offloading moves shared modules between devices: one call at a time
+        self._offload_lock = threading.RLock()  # offloading moves shared modules between devices: one call at a time
         self._timings_lock = threading.Lock()
 
     # --- building -----------------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         framework = self._framework()
         if isinstance(name, str):
             _check_attention_name(framework, name)
-            processor = build_processor(name, framework=framework, **options)
+            processor = build_processor(name, framework=framework, device=self.execution_device.type, **options)
         else:
             processor = name
         with self._gate.exclusive("set_attention"):
@@ -831,7 +831,7 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         chunk_size = self._chunk_size(total, height, width, guided, memory_budget)
         one_at_a_time = self._offload_lock if self._offload_device is not None else contextlib.nullcontext()
         with self._gate.shared(), one_at_a_time:
-            call = CallState(sampler=copy.deepcopy(self.scheduler))  # the call's own: steps mutate a sampler
+            call = CallState(sampler=_own_copy(self.scheduler))
             call.sampler.set_timesteps(num_inference_steps, device=self.execution_device)  # its errors: before work
             with self._calls.begin(call):
                 return self._generate_locked(
@@ -1030,6 +1030,19 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
 
     def run_chunk(self, chunk: Chunk, **settings: Any) -> torch.Tensor:
         raise NotImplementedError
+
+
+def _own_copy(sampler: Any) -> Any:
+    """A call's own sampler: set_timesteps and step mutate a sampler, so concurrent calls must not share one."""
+    try:
+        return copy.deepcopy(sampler)
+    except Exception as error:  # a plugin's sampler holding something that cannot be copied
+        if hasattr(type(sampler), "from_config") and hasattr(sampler, "config"):
+            return type(sampler).from_config(dict(sampler.config))
+        raise TypeError(
+            f"the sampler {type(sampler).__name__} cannot be copied for this call ({error}); give it a from_config "
+            "classmethod or make it deep-copyable"
+        ) from error
 
 
 def _budget_bytes(budget: int | str | None) -> int | None:

@@ -60,6 +60,23 @@ def test_concurrent_image_to_image_and_inpainting(h, framework, tiny_model):
         assert all(np.array_equal(a, b) for a, b in zip(sequential, run_in_threads(one, calls)))
 
 
+def test_offloaded_calls_take_turns(h, framework, tiny_model):
+    pipe = h.build(framework, tiny_model, scheduler="dpmpp", cpu_offload="cpu")
+    calls = [dict(seed=s, num_inference_steps=2 + s % 2) for s in range(4)]
+
+    def one(kwargs):
+        def nested(p, step, timestep, tensors):  # a call made from a callback must not wait for its caller
+            if step == 0 and kwargs["seed"] == 0:
+                p("a bird", seed=9, num_inference_steps=1, output_type="latent")
+            return {}
+
+        return pipe("a cat", output_type="np", callback_on_step_end=nested, **kwargs).images
+
+    sequential = [one(kwargs) for kwargs in calls]
+    assert all(np.array_equal(a, b) for a, b in zip(sequential, run_in_threads(one, calls)))
+    assert pipe._active_module is None
+
+
 def test_a_call_keeps_its_sampler_when_another_thread_swaps_it(h, framework, tiny_model):
     pipe = h.build(framework, tiny_model, scheduler="dpmpp")
     kwargs = dict(prompt="a cat", seed=4, num_inference_steps=4, output_type="np")
