@@ -7,6 +7,7 @@ to ``max_attempts`` times); a job that raises fails alone; a model that does not
 
 from __future__ import annotations
 
+import os
 import socket
 from collections import deque
 from typing import Any
@@ -42,9 +43,10 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 class RayEngine:
-    """``address``: None starts a Ray instance on this machine (loopback only); "auto" joins the one `ray start`
-    made here; HOST:PORT or ray://HOST:PORT joins a cluster. ``workers`` defaults to the cluster's CPUs divided by
-    ``threads_per_worker`` (default 1). ``gpus_per_worker`` reserves GPUs for each worker."""
+    """``address``: None (and no RAY_ADDRESS) starts a Ray instance on this machine (loopback only); "auto" joins
+    the one `ray start` made here; HOST:PORT or ray://HOST:PORT joins a cluster. ``workers`` defaults to the
+    cluster's CPUs divided by ``threads_per_worker`` (default 1). ``gpus_per_worker`` reserves GPUs for each
+    worker."""
 
     name = "ray"
 
@@ -68,7 +70,7 @@ class RayEngine:
             raise ValueError(f"--workers must be at least 1, got {workers}")
         if threads_per_worker is not None and threads_per_worker < 1:
             raise ValueError(f"--threads-per-worker must be at least 1, got {threads_per_worker}")
-        self.address = address
+        self.address = address or os.environ.get("RAY_ADDRESS") or None  # as ray.init reads it
         self.workers = workers
         self.threads = threads_per_worker or 1
         self.device = device
