@@ -204,7 +204,8 @@ class RayEngine:
                     deaths += 1
                     context.worker_died()
                     if attempt >= self.max_attempts:
-                        context.fail(batch, f"its worker died {attempt} times running it (last: {error})")
+                        last = str(error).strip().splitlines()[0]
+                        context.fail(batch, f"its worker died {attempt} times running it (last: {last})")
                     else:
                         queue.appendleft((batch, attempt + 1))
                     if deaths > 2 * len(actors) + self.max_attempts:

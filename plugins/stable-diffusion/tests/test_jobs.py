@@ -161,7 +161,7 @@ def test_model_that_does_not_load_is_one_error(engine, tmp_path):
     )
     summary = run_jobs(jobs, engine, tmp_path / "out", progress=False)
     assert not summary.ok and summary.written == 0 and not summary.failures
-    [error] = summary.model_errors
+    [error] = summary.errors
     assert error.startswith(f"model {empty} did not load") and "(3 jobs need it; none was run)" in error
     assert len(summary.not_run) == 3
 

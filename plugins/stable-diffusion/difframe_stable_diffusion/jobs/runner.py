@@ -44,14 +44,14 @@ class RunSummary:
     written: int = 0
     skipped: int = 0
     failures: dict[str, str] = field(default_factory=dict)  # job key -> error
-    model_errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # about the run, not one job: a model, the cluster
     worker_deaths: int = 0
     interrupted: bool = False
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.interrupted and all(p is not None for p in self.paths)
+        return not self.failures and not self.errors and not self.interrupted and all(self.paths)
 
     @property
     def not_run(self) -> list[Job]:
@@ -66,7 +66,7 @@ class RunSummary:
         ]
         if self.worker_deaths:
             lines.append(f"{self.worker_deaths} worker(s) died during the run; their jobs were run again")
-        lines.extend(f"error: {message}" for message in self.model_errors)
+        lines.extend(f"error: {message}" for message in self.errors)
         by_key = {job.key: job for job in self.jobs}
         lines.extend(f"failed: {by_key[key].label}: {error}" for key, error in self.failures.items())
         if self.interrupted:
@@ -117,7 +117,7 @@ class RunContext:
             return
         self.failed_pipelines[error.pipeline_key] = error.message
         waiting = [j for j in self.summary.jobs if j.pipeline_key == error.pipeline_key]
-        self.summary.model_errors.append(f"{error.message} ({len(waiting)} jobs need it; none was run)")
+        self.summary.errors.append(f"{error.message} ({len(waiting)} jobs need it; none was run)")
 
     def skip(self, batch: list[Job]) -> bool:
         return batch[0].pipeline_key in self.failed_pipelines
@@ -242,5 +242,9 @@ def run_jobs(
                 engine.run(group_batches(todo, batch_size), context)
         except KeyboardInterrupt:
             summary.interrupted = True
+        except EngineError as error:
+            if not (summary.written or summary.failures):
+                raise  # nothing ran: bad input, such as an unreachable cluster
+            summary.errors.append(f"the run stopped: {error}")
     summary.seconds = time.perf_counter() - started
     return summary
