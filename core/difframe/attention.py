@@ -211,10 +211,11 @@ def set_attention(
     else:
         targets = [(module, processor) for module in modules.values()]
     built: dict[str, Any] = {}  # one object per registered name, shared by the modules that use it
+    device = next((p.device.type for p in model.parameters()), None)
     for module, chosen in targets:
         if isinstance(chosen, str):
             if chosen not in built:
-                built[chosen] = build_processor(chosen, framework=framework, **options)
+                built[chosen] = build_processor(chosen, framework=framework, device=device, **options)
             chosen = built[chosen]
         if chosen is None:
             module.addon = None
@@ -226,23 +227,30 @@ def set_attention(
             raise TypeError(f"{type(chosen).__name__} is neither an attention backend (attend) nor an add-on")
 
 
-def build_processor(name: str, *, framework: Any = None, **options: Any) -> AttentionBackend | AttentionAddon:
-    """A registered attention processor by name ("auto": the best available backend), built with ``options``."""
+def build_processor(
+    name: str, *, framework: Any = None, device: str | None = None, **options: Any
+) -> AttentionBackend | AttentionAddon:
+    """A registered attention processor by name ("auto": the best available backend for ``device``), built with
+    ``options``."""
     if framework is None:
         from .framework import Framework
 
         framework = Framework()
-    return framework.create("attention_processor", resolve_backend_name(framework, name), **options)
+    return framework.create("attention_processor", resolve_backend_name(framework, name, device=device), **options)
 
 
-def resolve_backend_name(framework: Any, name: str) -> str:
-    """'auto' -> the available registered backend with the highest priority; other names pass through."""
+def resolve_backend_name(framework: Any, name: str, *, device: str | None = None) -> str:
+    """'auto' -> the available registered backend with the highest priority that runs on ``device`` ("cpu",
+    "cuda", ...; None: any); other names pass through."""
     if name != "auto":
         return name
+    device = device.split(":")[0] if device else None
     candidates = [
         r
         for r in framework.registry.all("attention_processor")
-        if r.spec.role == "backend" and r.unavailable_reason is None
+        if r.spec.role == "backend"
+        and r.unavailable_reason is None
+        and (device is None or not r.spec.supports.devices or device in r.spec.supports.devices)
     ]
     if not candidates:
         raise LookupError("no attention backend is available; install difframe (it registers 'sdpa')")

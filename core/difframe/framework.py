@@ -140,6 +140,8 @@ class Framework:
         values = {**(config or {}), **registration.spec.options, **overrides}
         if hasattr(factory, "from_config"):
             label = f"{kind.replace('_', ' ')} {registration.name!r} ({factory.__name__})"
+            if hasattr(factory, "check_option_names"):
+                factory.check_option_names(overrides, label=label)
             return factory.from_config(factory.validate_config(values, label=label))
         return factory(**values)
 
@@ -189,6 +191,8 @@ class Framework:
         else:
             registration = self.get("backend", name or DEFAULT_BACKEND)
             spec = registration.spec
+        if registration is not None and registration.unavailable_reason is not None:
+            self.load_factory(registration)  # raises, with the reason (a missing package, no GPU) first
         if isinstance(options.get("torch_dtype"), str) and options["torch_dtype"] == "auto":
             import torch
 

@@ -121,3 +121,23 @@ def test_auto_dtype_on_this_machine_matches_its_flags(framework, saved):
         assert cpu_has_fast_bfloat16() == bool(flags & {"amx_bf16", "avx512_bf16"})
     pipe = framework.build("toy", model=saved, dtype="auto")
     assert pipe.dtype == (torch.bfloat16 if cpu_has_fast_bfloat16() else torch.float32)
+
+
+class GpuAttentionPlugin:
+    __name__ = "difframe-gpu-attention"
+
+    @hookimpl
+    def register_attention_processor(self, register):
+        register(
+            name="gpu-kernel", factory="difframe.attention:SDPABackend", priority=50, supports={"devices": ["cuda"]}
+        )
+
+
+def test_auto_attention_picks_per_device_in_priority_order():
+    from difframe.attention import resolve_backend_name
+
+    framework = Framework(plugins=[GpuAttentionPlugin(), __import__("difframe.builtins").builtins])
+    assert resolve_backend_name(framework, "auto", device="cuda") == "gpu-kernel"
+    assert resolve_backend_name(framework, "auto", device="cuda:1") == "gpu-kernel"
+    assert resolve_backend_name(framework, "auto", device="cpu") == "sdpa"  # the GPU kernel never runs on the CPU
+    assert resolve_backend_name(framework, "auto") == "gpu-kernel"  # no device given: any

@@ -56,6 +56,8 @@ class OpenVINOBackend:
                 "openvino precision 'bf16' needs a CPU that computes bfloat16 in hardware (AMX or AVX-512 bf16); this "
                 f"CPU offers {', '.join(sorted(cpu_capabilities()))}. Use precision='f32' (or 'auto')."
             )
+        if isinstance(components, str):  # "unet,vae" from the command line
+            components = tuple(part.strip() for part in components.split(",") if part.strip())
         unknown = set(components) - set(COMPONENTS)
         if unknown or not components:
             raise ConfigError(f"openvino components must be a non-empty subset of {COMPONENTS}, got {components!r}")

@@ -156,3 +156,22 @@ def test_dtype_auto_gives_openvino_float32_weights(framework, tmp_path, cache):
         backend_options={"precision": "f32", "cache_dir": cache, "components": ["vae"]},
     )
     assert pipe.unet.dtype == torch.float32
+
+
+def test_command_line_backend_options_and_refusals(capsys, tmp_path):
+    from difframe.cli import main
+    from difframe_stable_diffusion.cli import parse_backend_options
+
+    assert parse_backend_options(["precision=bf16", "num_threads=2", "components=unet,vae"]) == {
+        "precision": "bf16",
+        "num_threads": 2,
+        "components": "unet,vae",
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_backend_options(["precision"])
+    argv = ["generate", "a red circle", "--steps", "2", "--out", str(tmp_path), "--backend", "openvino"]
+    assert main([*argv, "--attention", "sliced"]) == 2
+    assert "backend 'openvino' cannot run with attention='sliced'" in capsys.readouterr().err
+    assert main([*argv, "--backend-option", "precision=fp8"]) == 2
+    assert "precision must be 'auto', 'f32' or 'bf16'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -201,7 +201,7 @@ def validate(args: argparse.Namespace) -> Request | None:
                 )
         if params.strength is not None:
             call["strength"] = params.strength
-    _check_against_model(params, build, call)
+    _check_against_model(params, build, call, args.batch)
     if params.width and params.height:
         call["width"], call["height"] = params.width, params.height
     out = Path(args.out)
@@ -299,7 +299,7 @@ def _open_image(path: str, option: str) -> Any:
         raise ValueError(f"{option} {path}: not a readable image ({error})") from None
 
 
-def _check_against_model(params: Any, build: dict[str, Any], call: dict[str, Any]) -> None:
+def _check_against_model(params: Any, build: dict[str, Any], call: dict[str, Any], batch: int) -> None:
     """Size, VAE scale and memory from the model folder's configs (a local folder or the built-in model)."""
     from difframe import Framework
     from difframe.framework import packaged_folder
@@ -332,7 +332,9 @@ def _check_against_model(params: Any, build: dict[str, Any], call: dict[str, Any
     itemsize = build["dtype"].itemsize
     device = build.get("device") or build.get("cpu_offload")
     needed = minimum_image_bytes(height, width, geometry.vae_factor, geometry.unet_channels, itemsize)
-    check_memory(needed, available_memory(device), height, width, device)
+    free = available_memory(device)
+    check_memory(needed, free, height, width, device)
+    check_memory(batch * height * width * 3 * 4, free, height, width, device, images=batch)
 
 
 def _default_model_name() -> str | None:

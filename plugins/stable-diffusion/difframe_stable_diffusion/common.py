@@ -417,12 +417,15 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
             why += f" times the UNet's downsampling {multiple // self.vae_scale_factor}"
         check_size_for(height, width, multiple, why)
 
-    def check_memory(self, height: int, width: int) -> None:
-        """Refuse up front a size whose image alone cannot fit in the device's free memory."""
+    def check_memory(self, height: int, width: int, total: int = 1) -> None:
+        """Refuse up front a size whose image alone cannot fit in the device's free memory, or a batch whose
+        images (all held until the call returns) cannot."""
         itemsize = torch.empty((), dtype=self.unet.dtype).element_size()
         channels = self.unet.config.block_out_channels[0]
         needed = minimum_image_bytes(height, width, self.vae_scale_factor, channels, itemsize)
-        check_memory(needed, available_memory(self.execution_device), height, width, self.execution_device)
+        free = available_memory(self.execution_device)
+        check_memory(needed, free, height, width, self.execution_device)
+        check_memory(total * height * width * 3 * 4, free, height, width, self.execution_device, images=total)
 
     def estimate_image_bytes(self, height: int, width: int, guided: bool) -> int:
         """A rough peak working memory per image (activations, not weights), for splitting batches into chunks."""
@@ -818,6 +821,8 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         inputs: dict[str, Any] | None = None,
     ) -> StableDiffusionOutput:
         total = count * num_images_per_prompt
+        self.check_size(height, width)
+        self.check_memory(height, width, total)  # before planning: a million images would not even be listed
         image_seeds, generators = self._plan_noise(total, seed, seeds, generator, latents is not None)
         jobs = plan_jobs(count, num_images_per_prompt, image_seeds)
         if latents is not None and (latents.ndim != 4 or latents.shape[0] != total):
@@ -826,7 +831,6 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
             raise ValueError("latents hold NaN or infinite values")
         guided = guidance_scale > 1.0
         self.check_chunk_inputs(height, width, total, latents)
-        self.check_memory(height, width)
         self.check_vae()
         chunk_size = self._chunk_size(total, height, width, guided, memory_budget)
         one_at_a_time = self._offload_lock if self._offload_device is not None else contextlib.nullcontext()
