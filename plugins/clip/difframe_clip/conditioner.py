@@ -69,7 +69,7 @@ class CLIPTextConditioner:
     # --- tokens ---------------------------------------------------------------------------------------------------
     def tokenize(self, prompts: Prompts, chunks: int | None = None) -> torch.Tensor:
         """Token ids (batch, chunks, 77); every prompt padded with empty chunks to ``chunks`` (default: the most)."""
-        prompts = _as_list(prompts)
+        prompts = [self.expand_embeddings(p) for p in _as_list(prompts)]
         ids = self.tokenizer(prompts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         limit = self.chunk_tokens if self.long_prompts == "truncate" else self.chunk_tokens * (self.max_chunks or 0)
         if limit:
@@ -85,6 +85,20 @@ class CLIPTextConditioner:
             count = chunks
         rows = [[self._wrap(piece) for piece in p + [[]] * (count - len(p))] for p in pieces]
         return torch.tensor(rows, dtype=torch.long)
+
+    def expand_embeddings(self, prompt: str) -> str:
+        """A textual-inversion token of several vectors (added as ``tok``, ``tok_1``, ...) stands for all of them,
+        as in the reference library's pipelines: "a <cat>" -> "a <cat> <cat>_1 <cat>_2"."""
+        added = getattr(self.tokenizer, "added_tokens_encoder", None)
+        if not added or len(added) <= 2:  # only the special tokens
+            return prompt
+        for token in set(self.tokenizer.tokenize(prompt)):
+            if token in added and f"{token}_1" in added:
+                count = 1
+                while f"{token}_{count}" in added:
+                    count += 1
+                prompt = prompt.replace(token, " ".join([token] + [f"{token}_{i}" for i in range(1, count)]))
+        return prompt
 
     def count_chunks(self, prompts: Prompts) -> int:
         return self.tokenize(prompts).shape[1]

@@ -13,6 +13,8 @@ that does not fit leaves the pipeline as it was.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import re
@@ -23,6 +25,8 @@ from typing import Any
 import torch
 from difframe.errors import ModelLoadError
 from torch import nn
+
+from .prompt_networks import lora_hash
 
 COMPONENTS = ("unet", "text_encoder")
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
@@ -102,21 +106,6 @@ def read_lora_file(
     if isinstance(state.get("state_dict"), dict):  # some trainers nest the tensors
         state = state["state_dict"]
     return state, metadata
-
-
-def addnet_hash(path: str | os.PathLike[str]) -> str:
-    """The web UIs' LoRA hash: sha256 of a safetensors file's tensor data (the bytes after its header); of the
-    whole file for other formats. "Lora hashes" records the first 12 hex digits."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        if str(path).endswith(".safetensors"):
-            header = int.from_bytes(handle.read(8), "little")
-            handle.seek(8 + header)
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- keys -> layers ---------------------------------------------------------------------------------------------
@@ -338,10 +327,26 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _exclusive(method: Any) -> Any:
+    """Run a method that changes the shared layers while no call of the pipeline is in progress."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._changing(method.__name__):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 # --- the pipeline API ---------------------------------------------------------------------------------------------
 class LoraMixin:
     """``load_lora_weights``, ``set_adapters``, ``fuse_lora`` / ``unfuse_lora``, ``unload_lora_weights``, as in the
     reference library's pipelines."""
+
+    def _changing(self, what: str) -> Any:
+        """Changes to the shared layers wait for the calls in progress (the pipeline's call gate, if it has one)."""
+        gate = self.__dict__.get("_gate")
+        return gate.exclusive(what) if gate is not None else contextlib.nullcontext()
 
     def _lora_state(self) -> dict[str, Any]:
         state = self.__dict__.get("_lora")
@@ -353,6 +358,7 @@ class LoraMixin:
     def _lora_models(self) -> dict[str, nn.Module]:
         return {c: getattr(self, c) for c in COMPONENTS if isinstance(getattr(self, c, None), nn.Module)}
 
+    @_exclusive
     def load_lora_weights(
         self,
         path: str | os.PathLike[str] | dict[str, torch.Tensor],
@@ -373,7 +379,7 @@ class LoraMixin:
             tensors, metadata = read_lora_file(path, allow_pickle=allow_pickle)
             source = os.fspath(path)
             file = Path(path)
-            short_hash = addnet_hash(file)[:12] if file.is_file() else None
+            short_hash = lora_hash(file)[:12] if file.is_file() else None
             name = adapter_name or file.stem
         if not isinstance(name, str) or not re.fullmatch(r"[\w\-. ]+", name):
             raise ValueError(f"adapter_name must be letters, digits, '_', '-', '.' or spaces, got {name!r}")
@@ -411,6 +417,7 @@ class LoraMixin:
         """The active adapters and their weights."""
         return dict(self._lora_state()["weights"])
 
+    @_exclusive
     def set_adapters(
         self, adapter_names: str | list[str], adapter_weights: float | list[float | None] | None = None
     ) -> None:
@@ -448,6 +455,7 @@ class LoraMixin:
                 for parameter in layer.parameters():
                     parameter.requires_grad_(False)
 
+    @_exclusive
     def fuse_lora(
         self,
         components: list[str] | tuple[str, ...] = COMPONENTS,
@@ -485,6 +493,7 @@ class LoraMixin:
                 layer.scaling.update(scales)
         state["fused_with"] = {"adapters": names, "lora_scale": lora_scale}
 
+    @_exclusive
     def unfuse_lora(self) -> None:
         """Put back the weights the layers had before ``fuse_lora``, exactly."""
         state = self._lora_state()
@@ -495,6 +504,7 @@ class LoraMixin:
         state["fused"] = {}
         state["fused_with"] = {}
 
+    @_exclusive
     def delete_adapters(self, adapter_names: str | list[str]) -> None:
         """Remove these adapters from the model (their layers are freed)."""
         state = self._lora_state()
@@ -511,6 +521,7 @@ class LoraMixin:
             state["weights"].pop(name, None)
         self._apply_adapter_weights()
 
+    @_exclusive
     def unload_lora_weights(self) -> None:
         """Remove every adapter. Fused updates stay in the weights (as in the reference library): call
         ``unfuse_lora()`` first to get the original weights back."""
