@@ -76,7 +76,7 @@ def serve(settings: Any) -> int:
 
     state = ServerState.create(settings)
     # load the startup model before accepting requests: a bad --model fails here, not on the first request
-    state.queue.submit("load", lambda job: state.engine.load(state.options.model)).future.result()
+    state.queue.submit("load", lambda jobs: [state.engine.load(state.options.model)]).future.result()
     app = create_app(settings, state)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30)
     server = make_server(config, state)

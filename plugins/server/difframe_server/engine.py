@@ -3,6 +3,7 @@ components), sets the sampler, reports progress per step and stops within one st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,22 @@ class Generation:
     @property
     def kind(self) -> str:
         return "img2img" if self.init_image is not None else "txt2img"
+
+    @property
+    def batch_key(self) -> tuple | None:
+        """Generations with equal keys can run as one batch (they differ only in prompts, seeds and counts)."""
+        if self.init_image is not None:
+            return None
+        return (
+            self.model,
+            self.scheduler,
+            self.steps,
+            self.guidance_scale,
+            self.guidance_rescale,
+            self.width,
+            self.height,
+            self.clip_skip,
+        )
 
 
 class Engine:
@@ -88,39 +105,61 @@ class Engine:
             self._pipes[kind] = pipe
         return self._pipes[kind]
 
-    def run(self, generation: Generation, job: Job) -> Any:
-        pipe = self.pipeline(generation.model, generation.kind)
-        if pipe.scheduler_name != generation.scheduler:
-            pipe.set_scheduler(generation.scheduler)
-        steps = pipe.steps_to_run(generation.steps, generation.strength)
-        job.progress.total = generation.count
+    def run(self, jobs: list[Job]) -> list[Any]:
+        """Run the generations of ``jobs`` (one, or several with one batch key) as one call; one output per job."""
+        generations: list[Generation] = [job.payload for job in jobs]
+        first = generations[0]
+        pipe = self.pipeline(first.model, first.kind)
+        if pipe.scheduler_name != first.scheduler:
+            pipe.set_scheduler(first.scheduler)
+        steps = pipe.steps_to_run(first.steps, first.strength)
+        leader = jobs[0]
+        leader.progress.total = sum(g.count for g in generations)
 
         def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> None:
-            start, stop = tensors["images"]
-            progress = job.progress
-            progress.start, progress.stop, progress.step, progress.steps = start, stop, step + 1, steps
-            job.steps_run += 1
-            if job.preview_wanted:
-                job.preview_wanted = False
-                job.preview = pipeline.to_output(pipeline.decode_latents(tensors["latents"][:1]), "pil")[0]
-            if job.should_stop:
+            progress = leader.progress
+            progress.start, progress.stop = tensors["images"]
+            progress.step, progress.steps = step + 1, steps
+            for job in jobs:
+                job.steps_run += 1
+            if any(job.preview_wanted for job in jobs):
+                for job in jobs:
+                    job.preview_wanted = False
+                leader.preview = pipeline.to_output(pipeline.decode_latents(tensors["latents"][:1]), "pil")[0]
+            if all(job.should_stop for job in jobs):  # a batch stops once none of its clients wants it
                 pipeline.interrupt()
 
         call: dict[str, Any] = {}
-        if generation.init_image is not None:
-            call["image"] = generation.init_image
-            call["strength"] = generation.strength
-        return pipe(
-            generation.prompt,
-            negative_prompt=generation.negative_prompt or None,
-            height=generation.height,
-            width=generation.width,
-            num_inference_steps=generation.steps,
-            guidance_scale=generation.guidance_scale,
-            guidance_rescale=generation.guidance_rescale,
-            num_images_per_prompt=generation.count,
-            seed=generation.seed,
-            clip_skip=generation.clip_skip,
+        if first.init_image is not None:
+            call["image"] = first.init_image
+            call["strength"] = first.strength
+        if len(generations) == 1:
+            prompts: Any = first.prompt
+            call.update(negative_prompt=first.negative_prompt or None, seed=first.seed)
+            call["num_images_per_prompt"] = first.count
+        else:
+            prompts = [g.prompt for g in generations for _ in range(g.count)]
+            call["negative_prompt"] = [g.negative_prompt for g in generations for _ in range(g.count)]
+            call["seeds"] = [g.seed + i for g in generations for i in range(g.count)]
+        output = pipe(
+            prompts,
+            height=first.height,
+            width=first.width,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            guidance_rescale=first.guidance_rescale,
+            clip_skip=first.clip_skip,
             callback_on_step_end=on_step,
             **call,
         )
+        results, start = [], 0
+        for generation in generations:
+            stop = start + generation.count
+            part = slice(start, stop)
+            results.append(
+                dataclasses.replace(
+                    output, images=output.images[part], seeds=output.seeds[part], parameters=output.parameters[part]
+                )
+            )
+            start = stop
+        return results

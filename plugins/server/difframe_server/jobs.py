@@ -1,7 +1,9 @@
 """The queue: one worker thread runs jobs one at a time on the loaded pipeline, so a pipeline is never used by two
-requests at once whatever its own thread safety. The queue is bounded (full: QueueFull, answered 503 with
-Retry-After); a job can be interrupted (it stops after the step it is in) or cancelled (its client went away:
-skipped if still waiting, interrupted if running)."""
+requests at once whatever its own thread safety. Waiting jobs with the same batch key (same model and settings but
+prompts and seeds) run together as one batch, since an image does not depend on the batch it is in. The queue is
+bounded (full: QueueFull, answered 503 with Retry-After); a job can be interrupted (it stops after the step it is in)
+or cancelled (its client went away: skipped if still waiting; if running, its batch stops after the current step
+once no job in it has a client left)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,10 +51,14 @@ class Progress:
 
 @dataclass
 class Job:
-    """One request's work. ``work(job)`` runs on the worker thread and returns the result."""
+    """One request's work. ``work(jobs)`` runs on the worker thread for this job and the jobs batched with it (all
+    with this job's ``batch_key``), and returns one result per job."""
 
     kind: str
-    work: Callable[[Job], Any]
+    work: Callable[[list[Job]], list[Any]]
+    batch_key: Hashable | None = None  # None: never batched
+    images: int = 1
+    payload: Any = None  # what ``work`` needs of each job (the generation settings)
     id: int = 0
     future: Future = field(default_factory=Future)
     progress: Progress = field(default_factory=Progress)
@@ -61,6 +67,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     steps_run: int = 0  # denoising steps completed (over all chunks)
+    batch: int = 0  # how many jobs ran together in its batch
     stop_requested_at_step: int | None = None
     preview: Any = None  # PIL image of the latest latents, made on the worker when a client asked for one
     preview_wanted: bool = False
@@ -89,19 +96,21 @@ class Job:
             "kind": self.kind,
             "state": self.state,
             "steps_run": self.steps_run,
+            "batch": self.batch,
             "stop_requested_at_step": self.stop_requested_at_step,
             "seconds": None if self.started is None or self.finished is None else self.finished - self.started,
         }
 
 
 class JobQueue:
-    def __init__(self, max_queue: int, history: int = 64) -> None:
+    def __init__(self, max_queue: int, max_batch_images: int = 1, history: int = 64) -> None:
         self.max_queue = max_queue
+        self.max_batch_images = max_batch_images
         self._lock = threading.Lock()
         self._waiting: collections.deque[Job] = collections.deque()
         self._wake = threading.Condition(self._lock)
         self._ids = itertools.count(1)
-        self.current: Job | None = None
+        self.running: list[Job] = []  # the batch being run; its first job reports progress
         self.history: collections.deque[Job] = collections.deque(maxlen=history)
         self.counts: collections.Counter[str] = collections.Counter()
         self._durations: collections.deque[float] = collections.deque(maxlen=20)
@@ -110,18 +119,26 @@ class JobQueue:
         self._thread.start()
 
     # --- submitting ---------------------------------------------------------------------------------------------
-    def submit(self, kind: str, work: Callable[[Job], Any]) -> Job:
+    def submit(
+        self,
+        kind: str,
+        work: Callable[[list[Job]], list[Any]],
+        *,
+        batch_key: Hashable | None = None,
+        images: int = 1,
+        payload: Any = None,
+    ) -> Job:
         with self._lock:
             if self._closed:
                 raise ShuttingDown("the server is shutting down")
-            pending = len(self._waiting) + (self.current is not None)
+            pending = len(self._waiting) + len(self.running)
             if pending >= self.max_queue:
                 self.counts["rejected"] += 1
                 raise QueueFull(
                     f"the queue is full ({pending} jobs waiting or running, at most {self.max_queue}); retry later",
                     self._retry_after(pending),
                 )
-            job = Job(kind=kind, work=work, id=next(self._ids))
+            job = Job(kind=kind, work=work, batch_key=batch_key, images=images, payload=payload, id=next(self._ids))
             self._waiting.append(job)
             self._wake.notify()
         return job
@@ -135,49 +152,77 @@ class JobQueue:
         with self._lock:
             return len(self._waiting)
 
+    @property
+    def current(self) -> Job | None:
+        running = self.running
+        return running[0] if running else None
+
     def interrupt_current(self) -> None:
-        job = self.current
-        if job is not None:
+        """Stop the running batch after its current step."""
+        for job in list(self.running):
             job.interrupt()
 
     # --- running ------------------------------------------------------------------------------------------------
-    def _next(self) -> Job | None:
+    def _next(self) -> list[Job] | None:
+        """The first waiting job and, if it has a batch key, the waiting jobs that share it (in order, up to
+        ``max_batch_images`` images)."""
         with self._lock:
             while not self._waiting and not self._closed:
                 self._wake.wait()
             if not self._waiting:
                 return None
-            job = self._waiting.popleft()
-            self.current = job
-            return job
+            first = self._waiting.popleft()
+            batch, images = [first], first.images
+            if first.batch_key is not None:
+                for job in list(self._waiting):
+                    if job.batch_key == first.batch_key and images + job.images <= self.max_batch_images:
+                        self._waiting.remove(job)
+                        batch.append(job)
+                        images += job.images
+            self.running = batch
+            return batch
 
     def _run(self) -> None:
-        while (job := self._next()) is not None:
+        while (batch := self._next()) is not None:
             try:
-                self._execute(job)
+                self._execute(batch)
             finally:
                 with self._lock:
-                    self.current = None
-                self.history.append(job)
-                self.counts[job.state] += 1
+                    self.running = []
+                for job in batch:
+                    self.history.append(job)
+                    self.counts[job.state] += 1
 
-    def _execute(self, job: Job) -> None:
-        if job.cancelled or not job.future.set_running_or_notify_cancel():
-            job.state = "cancelled"
+    def _execute(self, batch: list[Job]) -> None:
+        live = []
+        for job in batch:
+            if job.cancelled or not job.future.set_running_or_notify_cancel():
+                job.state = "cancelled"
+            else:
+                job.state = "running"
+                job.started = time.monotonic()
+                live.append(job)
+        if not live:
             return
-        job.state = "running"
-        job.started = time.monotonic()
+        with self._lock:
+            self.running = live
+        for job in live:
+            job.batch = len(live)
         try:
-            result = job.work(job)
-        except BaseException as error:  # reported to the waiting request; the worker keeps serving
-            job.state = "failed"
-            job.future.set_exception(error)
+            results = live[0].work(live)
+        except BaseException as error:  # reported to the waiting requests; the worker keeps serving
+            for job in live:
+                job.state = "failed"
+                job.future.set_exception(error)
         else:
-            job.state = "cancelled" if job.cancelled else "interrupted" if job.should_stop else "done"
-            job.future.set_result(result)
+            for job, result in zip(live, results):
+                job.state = "cancelled" if job.cancelled else "interrupted" if job.should_stop else "done"
+                job.future.set_result(result)
         finally:
-            job.finished = time.monotonic()
-            self._durations.append(job.finished - job.started)
+            finished = time.monotonic()
+            for job in live:
+                job.finished = finished
+            self._durations.append((finished - live[0].started) / len(live))
 
     # --- stopping -----------------------------------------------------------------------------------------------
     def shutdown(self, wait: float | None = None) -> None:

@@ -14,7 +14,7 @@ from .engine import Generation
 from .errors import FieldError
 from .images import decode_image, encode_png
 from .state import State
-from .waiting import run_job
+from .waiting import wait_for
 
 router = APIRouter(prefix="/api/v1", tags=["native API"])
 
@@ -149,7 +149,7 @@ async def generate(req: GenerateRequest, request: Request, state: State) -> dict
         strength=req.strength if init_image is not None else None,
     )
     state.check_generation(generation, {"steps": "steps", "width": "width", "height": "height", "count": "batch"})
-    output = await run_job(request, state.queue, generation.kind, state.run(generation))
+    output = await wait_for(request, state.submit(generation))
     return {
         "images": [
             {

@@ -48,7 +48,7 @@ class ServerState:
             settings=settings,
             framework=framework,
             catalog=catalog,
-            queue=JobQueue(settings.limits.max_queue),
+            queue=JobQueue(settings.limits.max_queue, max_batch_images=settings.limits.max_images),
             engine=engine or Engine(framework, device=settings.device, dtype=settings.dtype),
             options=Options(model=catalog.default),
         )
@@ -95,13 +95,15 @@ class ServerState:
     def resolve_seed(seed: int | None) -> int:
         return random.randrange(MAX_SEED) if seed is None or seed < 0 else seed
 
-    def run(self, generation: Generation) -> Any:
-        """The work of one generation job (runs on the worker thread)."""
-
-        def work(job: Job) -> Any:
-            return self.engine.run(generation, job)
-
-        return work
+    def submit(self, generation: Generation) -> Job:
+        """Queue a generation; it may run batched with waiting ones that share its settings."""
+        return self.queue.submit(
+            generation.kind,
+            self.engine.run,
+            batch_key=generation.batch_key,
+            images=generation.count,
+            payload=generation,
+        )
 
 
 def current_state(request: Request) -> ServerState:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
 
 from .errors import FieldError
-from .jobs import Job, JobQueue
+from .jobs import Job
 
 log = logging.getLogger("difframe_server")
 
@@ -27,10 +26,9 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-async def run_job(request: Request, queue: JobQueue, kind: str, work: Callable[[Job], Any]) -> Any:
-    """Queue ``work``, wait for its result; a client that disconnects first cancels it (skipped if still waiting,
+async def wait_for(request: Request, job: Job) -> Any:
+    """Wait for a queued job's result; a client that disconnects first cancels it (skipped if still waiting,
     stopped after its current step if running), so no work runs for nobody."""
-    job = queue.submit(kind, work)
     result = asyncio.wrap_future(job.future)
     gone = asyncio.ensure_future(_disconnected(request))
     try:

@@ -21,7 +21,7 @@ from .engine import Generation
 from .errors import FieldError
 from .images import decode_image, encode_png
 from .state import ServerState, State
-from .waiting import run_job
+from .waiting import wait_for
 
 router = APIRouter(prefix="/sdapi/v1", tags=["web UI API"])
 
@@ -255,7 +255,7 @@ def _info(generation: Generation, output: Any, req: Txt2ImgRequest, clip_skip: i
 async def _generate(request: Request, state: ServerState, req: Txt2ImgRequest, init_image: Any = None) -> dict:
     generation = _generation(state, req, init_image)
     _, clip_skip = _settings(state, req.override_settings)
-    output = await run_job(request, state.queue, generation.kind, state.run(generation))
+    output = await wait_for(request, state.submit(generation))
     images = [encode_png(image, p.to_text()) for image, p in zip(output.images, output.parameters)]
     parameters = req.model_dump()
     if isinstance(req, Img2ImgRequest) and not req.include_init_images:

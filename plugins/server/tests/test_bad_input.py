@@ -102,7 +102,7 @@ def test_unknown_fields_are_ignored_like_the_web_ui_and_the_server_keeps_serving
 
 
 def test_an_internal_error_leaks_no_traceback(server, monkeypatch):
-    def broken(generation, job):
+    def broken(jobs):
         raise RuntimeError("secret detail at /home/someone/model.safetensors")
 
     monkeypatch.setattr(server.state.engine, "run", broken)

@@ -57,8 +57,10 @@ def test_fifty_concurrent_clients_all_answered_correctly(server, reference):
         assert_same_image(decode(body["images"][0]), expected[seed])
     status = wait_until_idle(server.url)
     assert status["counts"]["done"] - before == CLIENTS  # none lost, none run twice
-    jobs = sorted(status["recent"], key=lambda j: j["id"])
-    assert all(j["state"] == "done" for j in jobs[-20:])
+    jobs = sorted(status["recent"], key=lambda j: j["id"])  # the last 20
+    assert all(j["state"] == "done" for j in jobs)
+    assert max(j["batch"] for j in jobs) > 1  # requests that waited together ran as one batch
+    assert max(j["batch"] for j in jobs) <= server.state.settings.limits.max_images
 
 
 def test_a_full_queue_answers_503_with_retry_after(engine, framework):
