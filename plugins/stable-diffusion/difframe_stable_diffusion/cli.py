@@ -83,6 +83,17 @@ def add_generate_command(cli: Any) -> None:
         help="an option of the backend, repeatable (e.g. precision=bf16 for openvino); see docs/backends.md",
     )
     parser.add_argument("--attention", default="auto", help="attention backend (default auto)")
+    parser.add_argument(
+        "--lora-dir",
+        help="folder of the LoRA files that <lora:NAME:WEIGHT> in a prompt names (default $DIFFRAME_LORA_DIR)",
+    )
+    parser.add_argument(
+        "--embedding",
+        action="append",
+        default=[],
+        metavar="[TOKEN=]FILE",
+        help="a textual-inversion embedding, used in prompts as TOKEN (default: the file's name); repeatable",
+    )
     parser.add_argument("--memory-budget", help="bytes one chunk of the batch may use, e.g. 6GB (default auto)")
     parser.add_argument("--cpu-offload", action="store_true", help="keep models in RAM, each on the GPU as it runs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -186,6 +197,9 @@ def validate(args: argparse.Namespace) -> Request | None:
         )
         return None
     _check_numbers(args, params)
+    from .prompt_networks import check_networks
+
+    check_networks(params, args.lora_dir, args.embedding, from_png=bool(args.from_png))
     build = _build_options(args, params)
     call: dict[str, Any] = {}
     pipeline = "stable-diffusion"
@@ -254,6 +268,8 @@ def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
         options["cpu_offload"] = str(device)
     else:
         options["device"] = str(device)
+    if args.lora_dir:
+        options["lora_dir"] = args.lora_dir
     if args.model_config:
         options["config"] = args.model_config
     if args.allow_pickle:
@@ -359,6 +375,11 @@ def _generate(args: argparse.Namespace, request: Request) -> int:
     if getattr(pipe, "single_file", None) is not None:
         print(f"{pipe.single_file.path.name}: {pipe.single_file.description}", file=sys.stderr)
     pipe.set_progress_bar_config(desc="denoising", leave=True, disable=args.no_progress)
+    if args.embedding:
+        from .prompt_networks import parse_embedding_option
+
+        given = [parse_embedding_option(option) for option in args.embedding]
+        pipe.load_textual_inversion([file for _, file in given], token=[token for token, _ in given])
     output = pipe(
         params.prompt,
         negative_prompt=params.negative_prompt or None,

@@ -154,12 +154,18 @@ def minimum_image_bytes(height: int, width: int, vae_factor: int, unet_channels:
     return max(latent_pixels * unet_channels * itemsize, height * width * 3 * (4 + 1))
 
 
-def check_memory(needed: int, free: int | None, height: int, width: int, device: Any) -> None:
-    if free is not None and needed > free:
+def check_memory(needed: int, free: int | None, height: int, width: int, device: Any, images: int = 1) -> None:
+    if free is None or needed <= free:
+        return
+    if images == 1:
         raise ValueError(
             f"a {width}x{height} image needs at least {_gib(needed)} of working memory on {device}, and "
             f"{_gib(free)} is free; choose a smaller size (the model was trained for far smaller ones)"
         )
+    raise ValueError(
+        f"{images} images of {width}x{height} are all held until the call returns: at least {_gib(needed)} on "
+        f"{device}, and {_gib(free)} is free; make several calls, or use a job file (difframe generate --prompts)"
+    )
 
 
 def _gib(n: int) -> str:

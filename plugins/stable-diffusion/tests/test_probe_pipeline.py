@@ -90,6 +90,7 @@ CASES = [
     Case("guidance_rescale=-0.1", "api", call(guidance_rescale=-0.1), r"\[0, 1\]"),
     Case("num_images_per_prompt=0", "api", call(num_images_per_prompt=0), "at least 1"),
     Case("num_images_per_prompt=1.5", "api", call(num_images_per_prompt=1.5), "integer"),
+    Case("num_images_per_prompt=10**12", "api", call(num_images_per_prompt=10**12), "all held until the call"),
     # seeds and generators
     Case("seed=2**40", "api", call(seed=2**40), "out of range"),
     Case("seeds=[2**32]", "api", call(seeds=[2**32]), "out of range"),
@@ -195,6 +196,7 @@ CASES = [
     Case("--size 30", "cli", cli("a cat", "--size", "30"), "multiples of 4"),
     Case("--size 100000", "cli", cli("a cat", "--size", "100000"), "needs at least .* GiB"),
     Case("--batch 0", "cli", cli("a cat", "--batch", "0"), "--batch"),
+    Case("--batch 10**12", "cli", cli("a cat", "--batch", str(10**12)), "all held until the call"),
     Case("--clip-skip -1", "cli", cli("a cat", "--clip-skip", "-1"), "--clip-skip"),
     Case("--strength 1.5", "cli", cli("a cat", "--image", "{image}", "--strength", "1.5"), r"\[0, 1\]"),
     Case("--strength without --image", "cli", cli("a cat", "--strength", "0.5"), "--strength needs --image"),
