@@ -9,13 +9,11 @@ models do not use is read; it is kept, memory-mapped, so ``save_single_file`` wr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from .ldm_layout import (
     unet_table,
     vae_table,
 )
+from .safetensors_writer import write_safetensors
 
 logger = logging.getLogger("difframe.single_file")
 
@@ -373,7 +372,14 @@ def make_plan(file: CheckpointFile, config: str | os.PathLike[str] | None, layou
         )
     name, assumptions = (config, []) if config is not None else detect_family(file)
     family = FAMILIES[name]
-    text = infer_text_config(file, layout, family) if layout else None
+    try:
+        text = infer_text_config(file, layout, family) if layout else None
+        unet = infer_unet_config(file, family)
+        vae = infer_vae_config(file, family) if file.has(VAE_PREFIX) else None
+    except KeyError as error:
+        raise ModelLoadError(
+            f"{file.path} lacks {error}, which every {family.title} checkpoint has: the file is damaged or incomplete"
+        ) from None
     scheduler_config = {**SD_SCHEDULE, "prediction_type": family.prediction_type}
     description = family.title + (" (inferred from the file's keys and shapes)" if config is None else " (named)")
     return Plan(
@@ -381,8 +387,8 @@ def make_plan(file: CheckpointFile, config: str | os.PathLike[str] | None, layou
         description=description,
         inferred=config is None,
         assumptions=assumptions,
-        unet=infer_unet_config(file, family),
-        vae=infer_vae_config(file, family) if file.has(VAE_PREFIX) else None,
+        unet=unet,
+        vae=vae,
         text=text,
         scheduler=(family.scheduler, scheduler_config),
         config_folder=None,
@@ -662,81 +668,6 @@ def save_single_file(
     state = single_file_state(pipeline, keep_unused=keep_unused)
     write_safetensors(state, path, metadata={"format": "pt"}, dtype=dtype)
     return path
-
-
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
-
-def write_safetensors(
-    tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str], dtype: torch.dtype | None = None
-) -> None:
-    """The safetensors format written one tensor at a time through a temporary file, then renamed into place;
-    ``dtype`` converts floating tensors, one at a time as they are written.
-
-    safetensors' own ``save_file`` first turns every tensor into bytes, a second copy of the whole model in memory
-    (4 GB for SD 1.5 in fp32); streaming keeps the peak at one tensor.
-    """
-
-    def stored_dtype(tensor: torch.Tensor) -> torch.dtype:
-        return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
-
-    header: dict[str, Any] = {"__metadata__": metadata}
-    offset = 0
-    for key in sorted(tensors):
-        tensor, stored = tensors[key], stored_dtype(tensors[key])
-        if stored not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"cannot write {key}: dtype {stored} has no safetensors name")
-        size = tensor.numel() * stored.itemsize
-        header[key] = {
-            "dtype": _SAFETENSORS_DTYPES[stored],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(len(encoded).to_bytes(8, "little"))
-            handle.write(encoded)
-            for key in sorted(tensors):
-                for chunk in _bytes_of(tensors[key].to(stored_dtype(tensors[key]))):
-                    handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def _bytes_of(tensor: torch.Tensor) -> Iterator[memoryview]:
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return
-    data = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
-    yield memoryview(data.numpy())  # little-endian on every platform torch supports
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 class SingleFileMixin:

@@ -280,6 +280,9 @@ def test_sd15_architecture_is_inferred_from_shapes(tmp_path):
     assert plan.unet["attention_head_dim"] == 8 and plan.unet["use_linear_projection"] is False
     assert plan.text["num_hidden_layers"] == 12 and plan.text["hidden_act"] == "quick_gelu"
     assert plan.vae["block_out_channels"] == [128, 256, 512, 512] and plan.scheduler[1]["prediction_type"] == "epsilon"
+    del header.shapes["model.diffusion_model.out.2.weight"]
+    with pytest.raises(ModelLoadError, match="lacks 'model.diffusion_model.out.2.weight'.*damaged or incomplete"):
+        make_plan(header, None, "clip")
 
 
 def test_sd2_inferred_v_prediction_is_said_and_can_be_named(tmp_path):
