@@ -745,6 +745,8 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
                     if watch is not None:
                         watch.record(i, t, "callback", latents, chunk.size)
             chunk.steps_run = i + 1
+            if watch is not None:
+                watch.end_step(i)
             progress.update()
         if watch is not None:
             watch.check()

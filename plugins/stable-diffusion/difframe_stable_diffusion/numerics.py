@@ -28,7 +28,8 @@ class NonFiniteError(DifframeError, FloatingPointError):
 
 @dataclass
 class FiniteWatch:
-    """Per-image "all finite" flags kept on the device, read back every ``interval`` steps and at the end."""
+    """Per-image "all finite" flags kept on the device, read back every ``interval`` steps and at the end (on the
+    CPU, at once)."""
 
     steps: int
     image_offset: int
@@ -46,7 +47,11 @@ class FiniteWatch:
         if flags.shape[0] != images:  # [uncond..., cond...] rows of one image fold into one flag
             flags = flags.reshape(-1, images).all(dim=0)
         self._pending.append((step, timestep, stage, flags))
-        if len(self._pending) >= self.interval:
+        if self.interval == 1:  # no sync cost: stop right where it happens
+            self.check()
+
+    def end_step(self, step: int) -> None:
+        if (step + 1) % self.interval == 0:
             self.check()
 
     def check(self) -> None:
@@ -69,7 +74,10 @@ def describe(
     which = ", ".join(
         f"{i} (seed {seeds[i]})" if seeds and i < len(seeds) and seeds[i] is not None else str(i) for i in images
     )
-    when = "before the first step" if step is None or step < 0 else f"at step {step + 1} of {steps}"
+    if stage == "VAE decoder":
+        when = "after denoising"
+    else:
+        when = "before the first step" if step is None or step < 0 else f"at step {step + 1} of {steps}"
     if timestep is not None:
         when += f" (timestep {float(timestep):g})"
     hint = HINTS.get(stage, "").format(**{"guidance_scale": 0.0, "dtype": "?", "sampler": "?", **context})

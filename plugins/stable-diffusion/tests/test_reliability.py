@@ -391,6 +391,26 @@ def test_nan_in_the_unet_stops_at_that_step(h, framework, tiny_model, monkeypatc
     assert steps == [0]  # nothing after the step that made NaN
 
 
+def test_on_accelerators_nan_is_read_back_every_few_steps_but_reported_where_it_began():
+    from difframe_stable_diffusion.numerics import FiniteWatch, NonFiniteError
+
+    watch = FiniteWatch(steps=10, image_offset=4, context={"seeds": [None] * 4 + [11, 12]}, interval=8)
+    latents = torch.zeros(2, 4, 8, 8)
+    for step in range(8):
+        bad = latents.clone()
+        if step >= 2:
+            bad[1, 0, 0, 0] = float("inf")  # from step 3 on, in the second image of a chunk that starts at 4
+        watch.record(step, 999 - step, "UNet output", torch.cat([latents, latents]), images=2)
+        watch.record(step, 999 - step, "sampler step", bad, images=2)
+        if step < 7:
+            watch.end_step(step)  # nothing read back yet: no sync
+            assert len(watch._pending) == 2 * (step + 1)
+    with pytest.raises(
+        NonFiniteError, match=r"at step 3 of 10 \(timestep 997\) in the sampler step for image\(s\) 5 \(seed 12\)"
+    ):
+        watch.end_step(7)
+
+
 def test_nan_from_a_callback_and_the_decoder_are_named(h, framework, tiny_model, monkeypatch):
     from difframe_stable_diffusion.numerics import NonFiniteError
 
