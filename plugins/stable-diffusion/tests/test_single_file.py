@@ -176,6 +176,18 @@ def test_saving_over_the_loaded_file_and_in_half_precision(h, framework, tiny_mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["half.safetensors", "model.safetensors"]  # no leftovers
 
 
+def test_components_given_as_instances_replace_the_files(h, framework, tiny_model, tmp_path):
+    path = _saved(h, framework, tiny_model, "text")
+    without_vae = {k: v for k, v in load_file(path).items() if not k.startswith("first_stage_model.")}
+    save_file(without_vae, tmp_path / "no-vae.safetensors")
+    folder = h.build(framework, tiny_model)
+    pipe = h.build(framework, tmp_path / "no-vae.safetensors", config=tiny_model, vae=folder.vae)
+    assert pipe.vae is folder.vae and not pipe.single_file.unused
+    replaced = h.build(framework, path, config=tiny_model, text_encoder=folder.text_encoder)
+    assert replaced.text_encoder is folder.text_encoder
+    assert not any(k.startswith("cond_stage_model.") for k in replaced.single_file.unused)  # not written twice
+
+
 def test_text_encoder_keys_without_text_model_prefix(h, framework, tiny_model, tmp_path):
     """Checkpoints written with another transformers version name the text encoder without ``text_model.``."""
     path = _saved(h, framework, tiny_model, "text")
