@@ -25,6 +25,9 @@ def add_serve_command(cli: Any) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="weights dtype")
     parser.add_argument("--max-queue", type=int, default=64, help="jobs waiting or running before 503 (default 64)")
+    parser.add_argument(
+        "--max-batch", type=int, default=16, help="images of waiting requests run as one batch (default 16; 1: none)"
+    )
     parser.add_argument("--max-steps", type=int, default=150, help="steps per request (default 150)")
     parser.add_argument("--max-side", type=int, default=2048, help="largest width or height (default 2048)")
     parser.add_argument("--max-images", type=int, default=16, help="images per request (default 16)")
@@ -37,6 +40,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
     limits = Limits(
         max_queue=args.max_queue,
+        max_batch=args.max_batch,
         max_steps=args.max_steps,
         max_side=args.max_side,
         max_images=args.max_images,

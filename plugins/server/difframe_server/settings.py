@@ -19,6 +19,7 @@ class Limits(BaseModel):
     max_upload_bytes: int = Field(20_000_000, ge=1024, description="largest request body (base64 images included)")
     max_upload_pixels: int = Field(4096 * 4096, ge=64, description="largest uploaded image, width x height")
     max_queue: int = Field(64, ge=1, description="jobs waiting or running; more are answered 503 with Retry-After")
+    max_batch: int = Field(16, ge=1, description="images of waiting requests with equal settings run as one batch")
 
 
 class ServerSettings(BaseModel):

@@ -48,7 +48,7 @@ class ServerState:
             settings=settings,
             framework=framework,
             catalog=catalog,
-            queue=JobQueue(settings.limits.max_queue, max_batch_images=settings.limits.max_images),
+            queue=JobQueue(settings.limits.max_queue, max_batch_images=settings.limits.max_batch),
             engine=engine or Engine(framework, device=settings.device, dtype=settings.dtype),
             options=Options(model=catalog.default),
         )

@@ -32,7 +32,9 @@ def server(engine, framework):
     from difframe_server.settings import Limits, ServerSettings
     from difframe_server.testing import serve_in_thread
 
-    limits = Limits(max_steps=200, max_side=512, max_images=8, max_upload_bytes=2_000_000, max_upload_pixels=256 * 256)
+    limits = Limits(
+        max_steps=200, max_side=512, max_images=8, max_batch=8, max_upload_bytes=2_000_000, max_upload_pixels=256 * 256
+    )
     settings = ServerSettings(limits=limits)
     with serve_in_thread(settings, engine=engine, framework=framework) as running:
         yield running

@@ -60,7 +60,7 @@ def test_fifty_concurrent_clients_all_answered_correctly(server, reference):
     jobs = sorted(status["recent"], key=lambda j: j["id"])  # the last 20
     assert all(j["state"] == "done" for j in jobs)
     assert max(j["batch"] for j in jobs) > 1  # requests that waited together ran as one batch
-    assert max(j["batch"] for j in jobs) <= server.state.settings.limits.max_images
+    assert max(j["batch"] for j in jobs) <= server.state.settings.limits.max_batch
 
 
 def test_a_full_queue_answers_503_with_retry_after(engine, framework):
