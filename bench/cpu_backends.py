@@ -1,0 +1,184 @@
+"""CPU backends (issue 19): ours in float32 and bfloat16, the OpenVINO backend in f32 and bf16, and the reference
+library, with the same weights in one run, the contenders alternating round by round.
+
+- ``unet``: the full Stable Diffusion 1.5 UNet with random weights, one forward at 256x256 (32x32 latents), batch 2
+  (a guided image). End to end at 512x512 x 20 steps would take about ten minutes per contender on this 2-core
+  machine, so the UNet call (95% of an image's time) is what is timed; an image costs about 2 x 20 of them.
+  optimum-intel's OVStableDiffusionPipeline does not install here without replacing transformers and
+  huggingface_hub, so OpenVINO is represented by the same UNet converted with OpenVINO's own converter (our backend).
+- ``builtin``: the built-in model end to end (64x64, 20 DPM++ steps, guidance 7.5), including torch.compile.
+- ``--quality N``: the built-in model's scorer (``difframe_shapes_model.evaluate``) over N prompts per contender.
+
+OpenVINO's startup is stated twice: the first (conversion and compilation) and the second (from the disk cache).
+Run: flock /tmp/heavy.lock .venv/bin/python bench/cpu_backends.py [--rounds 3] [--threads 2] [--only unet|builtin]
+[--quality 240] [--compile]; --only quality --quality 240 measures no time (no lock needed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+
+def timed_rounds(contenders: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """One warm-up call each, then ``rounds`` rounds in which every contender runs once, in turn."""
+    for run in contenders.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            begin = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - begin)
+    return times
+
+
+def table(times: dict[str, list[float]], unit: str, baseline: str) -> str:
+    base = statistics.median(times[baseline])
+    rows = [f"| contender | {unit} (median) | spread | vs {baseline} |", "| --- | ---: | ---: | ---: |"]
+    for name, values in times.items():
+        median = statistics.median(values)
+        rows.append(f"| {name} | {median:.3f} s | {min(values):.3f}-{max(values):.3f} s | {median / base:.2f}x time |")
+    return "\n".join(rows)
+
+
+def startup_lines(label: str, backend: Any) -> list[str]:
+    return [
+        f"- {label}: {s.label} {'from the disk cache' if s.from_cache else 'converted'} in {s.convert_s:.1f} s, "
+        f"compiled in {s.compile_s:.1f} s"
+        for s in backend.startup
+    ]
+
+
+# --- the SD 1.5 UNet -------------------------------------------------------------------------------------------------
+def bench_unet(rounds: int, threads: int, cache: Path) -> str:
+    import torch
+    from difframe_openvino.backend import OpenVINOBackend
+    from difframe_sd_unet.unet import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel as ReferenceUNet
+
+    torch.manual_seed(0)
+    reference = ReferenceUNet(sample_size=64, cross_attention_dim=768).eval()
+    ours = UNet2DConditionModel.from_config(dict(reference.config)).eval()
+    ours.load_state_dict(reference.state_dict())
+    ours_bf16 = UNet2DConditionModel.from_config(dict(reference.config)).eval()
+    ours_bf16.load_state_dict(reference.state_dict())
+    ours_bf16.to(torch.bfloat16)
+    sample, context = torch.randn(2, 4, 32, 32), torch.randn(2, 77, 768)
+    t = torch.tensor([500.0, 500.0])
+
+    lines = []
+    runs: dict[str, Callable[[], Any]] = {}
+    options = {"cache_dir": cache, "components": ("unet",), "num_threads": threads}
+    for precision in ("f32", "bf16"):
+        holder = SimpleNamespace(unet=ours)
+        backend = OpenVINOBackend(precision=precision, **options)
+        backend.apply(holder)
+        lines += startup_lines(f"OpenVINO {precision}", backend)
+        runs[f"OpenVINO {precision} (our backend)"] = ours.forward  # the compiled graph's forward
+        del ours.forward  # back to eager for the next conversion and for our own contender
+    again = OpenVINOBackend(precision="f32", **options)
+    again.apply(SimpleNamespace(unet=ours))
+    lines += startup_lines("OpenVINO f32, second start", again)
+    del ours.forward
+
+    with torch.no_grad():
+        contenders = {
+            "difframe float32": lambda: ours(sample, t, context),
+            "reference float32": lambda: reference(sample, t, context).sample,
+            "difframe bfloat16": lambda: ours_bf16(sample.bfloat16(), t, context.bfloat16()),
+            **{name: (lambda run=run: run(sample, t, context)) for name, run in runs.items()},
+        }
+        times = timed_rounds(contenders, rounds)
+    return (
+        f"SD 1.5 UNet (random weights), one forward at 256x256 (32x32 latents), batch 2, {threads} threads, "
+        f"{rounds} alternating rounds\n\n" + table(times, "per call", "difframe float32") + "\n\n" + "\n".join(lines)
+    )
+
+
+# --- the built-in model end to end -----------------------------------------------------------------------------------
+def builtin_pipelines(cache: Path, with_compile: bool) -> tuple[dict[str, Any], list[str]]:
+    from difframe import Framework
+
+    framework = Framework()
+    pipes = {
+        "difframe float32": framework.build("stable-diffusion", progress=False),
+        "difframe bfloat16": framework.build("stable-diffusion", progress=False, dtype="bfloat16"),
+    }
+    lines = []
+    for precision in ("f32", "bf16"):
+        options = {"precision": precision, "cache_dir": cache}
+        pipe = framework.build("stable-diffusion", progress=False, backend="openvino", backend_options=options)
+        pipes[f"OpenVINO {precision}"] = pipe
+        lines += startup_lines(f"built-in model, OpenVINO {precision}", pipe.backend)
+    if with_compile:
+        pipes["difframe float32 + torch.compile"] = framework.build("stable-diffusion", progress=False, compile=True)
+    return pipes, lines
+
+
+def bench_builtin(rounds: int, cache: Path, with_compile: bool) -> str:
+    pipes, lines = builtin_pipelines(cache, with_compile)
+    prompt = "a red circle on a blue background"
+    call = dict(num_inference_steps=20, guidance_scale=7.5, seed=1)
+    compiled = pipes.get("difframe float32 + torch.compile")
+    if compiled is not None:
+        begin = time.perf_counter()
+        compiled(prompt, **call)
+        lines.append(f"- torch.compile: the first image took {time.perf_counter() - begin:.1f} s (compiling)")
+    times = timed_rounds({name: (lambda p=pipe: p(prompt, **call)) for name, pipe in pipes.items()}, rounds)
+    return (
+        f"Built-in model end to end: one 64x64 image, 20 DPM++ steps, guidance 7.5, {rounds} alternating rounds\n\n"
+        + table(times, "per image", "difframe float32")
+        + "\n\n"
+        + "\n".join(lines)
+    )
+
+
+def bench_quality(count: int, cache: Path) -> str:
+    import numpy as np
+    from difframe_shapes_model.evaluate import evaluate
+
+    pipes, _ = builtin_pipelines(cache, with_compile=False)
+    rows = ["| contender | both colours right | max / mean pixel difference vs float32 |", "| --- | ---: | ---: |"]
+    call = dict(num_inference_steps=20, guidance_scale=7.5, seed=list(range(8)), output_type="np")
+    base = pipes["difframe float32"](["a red circle on a blue background"] * 8, **call).images
+    for name, pipe in pipes.items():
+        row = evaluate(pipe, [("dpmpp", 20, 7.5)], count)[0]
+        images = pipe(["a red circle on a blue background"] * 8, **call).images
+        difference = np.abs(images - base)
+        score = next(v for k, v in row.items() if "both" in k)
+        rows.append(f"| {name} | {score} % | {difference.max():.4f} / {difference.mean():.5f} |")
+    return f"Built-in model scorer over {count} prompts, 20 DPM++ steps, guidance 7.5\n\n" + "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=("unet", "builtin", "quality"))
+    parser.add_argument("--quality", type=int, default=0, help="also score N prompts per contender (built-in model)")
+    parser.add_argument("--compile", action="store_true", help="include torch.compile (built-in model)")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="difframe-ov-bench-") as folder:
+        cache = Path(folder)
+        print(f"CPU: {os.cpu_count()} logical cores; torch {torch.__version__}\n")
+        if args.only in (None, "builtin"):
+            print(bench_builtin(args.rounds, cache, args.compile), "\n", flush=True)
+        if args.quality and args.only in (None, "quality"):
+            print(bench_quality(args.quality, cache), "\n", flush=True)
+        if args.only in (None, "unet"):
+            print(bench_unet(args.rounds, args.threads, cache), flush=True)
+
+
+if __name__ == "__main__":
+    main()
