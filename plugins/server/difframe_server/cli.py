@@ -76,11 +76,17 @@ def serve(settings: Any) -> int:
     import uvicorn
 
     from .app import create_app
+    from .engine import ModelUnavailable
     from .state import ServerState
 
     state = ServerState.create(settings)
     # load the startup model before accepting requests: a bad --model fails here, not on the first request
-    state.queue.submit("load", lambda jobs: [state.engine.load(state.options.model)]).future.result()
+    try:
+        state.queue.submit("load", lambda jobs: [state.engine.load(state.options.model)]).future.result()
+    except ModelUnavailable as error:
+        print(f"error: {error.__cause__}", file=sys.stderr)
+        state.queue.shutdown()
+        return 2
     app = create_app(settings, state)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30)
     server = make_server(config, state)

@@ -180,7 +180,8 @@ def _clip_skip(value: Any, field: str) -> int:
     return value
 
 
-def _generation(state: ServerState, req: Txt2ImgRequest, init_image: Any = None) -> Generation:
+def _generation(state: ServerState, req: Txt2ImgRequest, init_image: Any = None) -> tuple[Generation, int]:
+    """The request in difframe's terms, and the web-UI clip skip it runs with."""
     scheduler = _scheduler(state, req)
     _refuse_unsupported(req, scheduler)
     model, clip_skip = _settings(state, req.override_settings)
@@ -206,7 +207,7 @@ def _generation(state: ServerState, req: Txt2ImgRequest, init_image: Any = None)
     )
     names = {"steps": "steps", "width": "width", "height": "height", "count": "batch_size"}
     state.check_generation(generation, names)
-    return generation
+    return generation, clip_skip
 
 
 def _info(generation: Generation, output: Any, req: Txt2ImgRequest, clip_skip: int) -> str:
@@ -253,8 +254,7 @@ def _info(generation: Generation, output: Any, req: Txt2ImgRequest, clip_skip: i
 
 
 async def _generate(request: Request, state: ServerState, req: Txt2ImgRequest, init_image: Any = None) -> dict:
-    generation = _generation(state, req, init_image)
-    _, clip_skip = _settings(state, req.override_settings)
+    generation, clip_skip = _generation(state, req, init_image)
     output = await wait_for(request, state.submit(generation))
     images = [encode_png(image, p.to_text()) for image, p in zip(output.images, output.parameters)]
     parameters = req.model_dump()

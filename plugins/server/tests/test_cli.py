@@ -57,12 +57,13 @@ def test_ctrl_c_stops_the_server_cleanly_during_a_job():
     assert len(answer["r"].json()["images"]) == 1
 
 
-def test_a_bad_flag_is_an_error_not_a_traceback():
-    result = subprocess.run(
-        [sys.executable, "-m", "difframe.cli", "serve", "--api-auth", "no-colon"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert "--api-auth takes user:password" in result.stderr and "Traceback" not in result.stderr
+def test_bad_flags_are_errors_not_tracebacks(tmp_path):
+    for flags, message in (
+        (["--api-auth", "no-colon"], "--api-auth takes user:password"),
+        (["--models-dir", str(tmp_path / "missing")], "is not a directory"),
+        (["--model", str(tmp_path / "no-model-here"), "--port", str(free_port())], "no-model-here"),
+    ):
+        command = [sys.executable, "-m", "difframe.cli", "serve", *flags]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
