@@ -114,16 +114,22 @@ class TorchCompileBackend:
     """``torch.compile`` on the denoiser (and the VAE decoder): the first calls at each new shape compile.
 
     Inductor's graph cache (on by default, in TORCHINDUCTOR_CACHE_DIR) makes later processes compile faster.
+    ``compiler`` is torch.compile's own ``backend`` ("inductor"; "eager" traces without generating code).
     ``compile_time`` holds the seconds the first call of each compiled model took, once it ran.
     """
 
     def __init__(
-        self, mode: str | None = None, dynamic: bool | None = None, fullgraph: bool = False, vae: bool = True
+        self,
+        mode: str | None = None,
+        dynamic: bool | None = None,
+        fullgraph: bool = False,
+        vae: bool = True,
+        compiler: str = "inductor",
     ) -> None:
         modes = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
         if mode not in modes:
             raise ConfigError(f"torch-compile mode must be one of {modes}, got {mode!r}")
-        self.options = {"mode": mode, "dynamic": dynamic, "fullgraph": fullgraph}
+        self.options = {"mode": mode, "dynamic": dynamic, "fullgraph": fullgraph, "backend": compiler}
         self.vae = vae
         self.compile_time: dict[str, float] = {}
 

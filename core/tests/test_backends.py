@@ -141,3 +141,23 @@ def test_auto_attention_picks_per_device_in_priority_order():
     assert resolve_backend_name(framework, "auto", device="cuda:1") == "gpu-kernel"
     assert resolve_backend_name(framework, "auto", device="cpu") == "sdpa"  # the GPU kernel never runs on the CPU
     assert resolve_backend_name(framework, "auto") == "gpu-kernel"  # no device given: any
+
+
+def test_torch_compile_backend_wraps_the_unet_and_keeps_its_results():
+    from types import SimpleNamespace
+
+    from difframe.backends import TorchCompileBackend
+    from difframe.errors import ConfigError as Refused
+
+    torch.manual_seed(0)
+    unet = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.SiLU(), torch.nn.Linear(8, 4))
+    x = torch.randn(3, 4)
+    expected = unet(x)
+    seen = []
+    unet[0].register_forward_hook(lambda module, args, out: seen.append(out.shape))  # Python hooks still run
+    backend = TorchCompileBackend(compiler="eager", vae=False)  # dynamo's tracing without code generation: fast
+    backend.apply(SimpleNamespace(unet=unet))
+    torch.testing.assert_close(unet(x), expected)
+    assert seen == [(3, 8)] and backend.compile_time["unet"] > 0
+    with pytest.raises(Refused, match="torch-compile mode must be one of"):
+        TorchCompileBackend(mode="fastest")
