@@ -358,11 +358,18 @@ def make_plan(file: CheckpointFile, config: str | os.PathLike[str] | None, layou
                 f"config={os.fspath(config)!r} is neither a model folder nor a known family; families: "
                 + ", ".join(FAMILIES)
             )
+        notes = []
+        scheduler_config = folder / "scheduler" / "scheduler_config.json"
+        prediction = (
+            _read_json(scheduler_config).get("prediction_type", "epsilon") if scheduler_config.is_file() else None
+        )
+        if V_PREDICTION_MARKER in file.shapes and prediction not in (None, "v_prediction"):
+            notes.append(f"the file is marked v-prediction, but {folder} predicts {prediction}; the folder's is used")
         return Plan(
             architecture=f"config:{folder}",
             description=f"architecture from the model folder {folder}",
             inferred=False,
-            assumptions=[],
+            assumptions=notes,
             unet=_read_json(folder / "unet" / "config.json"),
             vae=_read_json(folder / "vae" / "config.json"),
             text=_read_json(folder / "text_encoder" / "config.json"),

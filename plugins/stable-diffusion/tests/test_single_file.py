@@ -188,6 +188,15 @@ def test_components_given_as_instances_replace_the_files(h, framework, tiny_mode
     assert not any(k.startswith("cond_stage_model.") for k in replaced.single_file.unused)  # not written twice
 
 
+def test_v_prediction_models_are_marked(h, framework, tiny_model, tmp_path):
+    pipe = h.build(framework, tiny_model)
+    pipe.scheduler = framework.scheduler("ddim", {**pipe.scheduler.config, "prediction_type": "v_prediction"})
+    path = pipe.save_single_file(tmp_path / "v.safetensors")
+    assert load_file(path)["v_pred"].numel() == 0
+    loaded = h.build(framework, path, config=tiny_model)  # the folder says epsilon: used, and the clash said
+    assert "marked v-prediction" in loaded.single_file.assumptions[0]
+
+
 def test_text_encoder_keys_without_text_model_prefix(h, framework, tiny_model, tmp_path):
     """Checkpoints written with another transformers version name the text encoder without ``text_model.``."""
     path = _saved(h, framework, tiny_model, "text")
