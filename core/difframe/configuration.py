@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import json
 import os
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -142,6 +143,24 @@ class ConfigMixin:
         known = set(_init_parameters(cls))
         validated = {name: getattr(model, name) for name in known}
         return {**values, **validated}
+
+    @classmethod
+    def check_option_names(cls, names: Iterable[str], *, label: str | None = None) -> None:
+        """Options passed by keyword must be constructor parameters: a misspelt one would otherwise be kept as an
+        unknown config key and silently do nothing. (Configs from files may hold keys of other tools.)"""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        if any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return
+        known = sorted(_init_parameters(cls))
+        unknown = sorted(set(names) - set(known) - METADATA_KEYS)
+        if unknown:
+            said = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, known, n=1)
+                said.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(
+                f"{label or cls.__name__} has no option {', '.join(said)}; its options are {', '.join(known)}"
+            )
 
     @classmethod
     def from_config(cls: type[T], config: Mapping[str, Any] | None = None, /, **overrides: Any) -> T:

@@ -153,9 +153,12 @@ class ModelMixin(nn.Module, ConfigMixin):
         """Load from a folder (or hub id): build on the meta device, then take the weights memory-mapped."""
         from .hub import resolve, weight_patterns
         from .paths import check_subfolder, check_variant, contained
+        from .placement import check_device, check_dtype
 
         check_subfolder(subfolder)
         check_variant(variant)
+        torch_dtype, device = check_dtype(torch_dtype), check_device(device)
+        cls.check_option_names(config_overrides)
         prefix = f"{subfolder}/" if subfolder else ""
         root = resolve(
             reference,
@@ -165,9 +168,6 @@ class ModelMixin(nn.Module, ConfigMixin):
             local_files_only=local_files_only,
             token=token,
         )
-        from .placement import check_device, check_dtype
-
-        torch_dtype, device = check_dtype(torch_dtype), check_device(device)
         folder = contained(root, subfolder, named_by="subfolder") if subfolder else root
         config = cls.load_config(folder)
         files = find_weights(folder, cls.weights_name, variant, allow_pickle)

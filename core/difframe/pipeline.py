@@ -86,6 +86,9 @@ class DiffusionPipeline:
 
     def to(self: P, device: Any = None, dtype: Any = None) -> P:
         """Move every torch component to ``device`` and/or cast floating weights to ``dtype``."""
+        from .placement import check_device, check_dtype
+
+        device, dtype = check_device(device), check_dtype(dtype, "dtype")
         for module in self._modules():
             module.to(device=device, dtype=dtype)
         return self

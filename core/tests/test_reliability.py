@@ -234,3 +234,31 @@ def test_cuda_without_cuda_says_so(tmp_path):
     ToyDenoiser().save_pretrained(tmp_path)
     with pytest.raises(DifframeError, match="device='cuda': cuda is not available on this machine"):
         ToyDenoiser.from_pretrained(tmp_path, device="cuda")
+
+
+# --- options that would be silently ignored -------------------------------------------------------------------------
+def test_a_misspelt_sampler_option_is_refused_with_a_suggestion():
+    from difframe import Framework
+    from difframe.testing import ToyPlugin
+
+    framework = Framework(plugins=[ToyPlugin()])
+    with pytest.raises(ConfigError, match="has no option 'num_train_timestep' .did you mean 'num_train_timesteps'"):
+        framework.scheduler("toy", num_train_timestep=10)
+    config = {**framework.scheduler("toy").config, "use_karras_sigmas": True}  # another sampler's config: kept
+    assert framework.scheduler("toy", config).config["use_karras_sigmas"] is True
+
+
+def test_a_misspelt_model_option_is_refused(tmp_path):
+    ToyDenoiser().save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="has no option 'hiden' .did you mean 'hidden'"):
+        ToyDenoiser.from_pretrained(tmp_path, hiden=8)
+
+
+@pytest.mark.parametrize(("device", "dtype"), [("gpu", None), (None, torch.int8), (None, torch.float8_e5m2)])
+def test_moving_a_pipeline_checks_the_device_and_dtype(device, dtype):
+    from difframe.testing import make_toy_pipeline
+
+    pipe = make_toy_pipeline()
+    with pytest.raises(DifframeError, match="device=|dtype="):
+        pipe.to(device, dtype)
+    assert pipe.dtype == torch.float32
