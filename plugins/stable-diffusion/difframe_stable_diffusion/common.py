@@ -619,6 +619,22 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
                 raise ValueError(f"{name} holds NaN or infinite values")
         return prompts, negatives, count
 
+    def _check_cross_attention_kwargs(self, kwargs: Any) -> None:
+        """They go to attention add-ons (IP-Adapter, ...); without one they would be dropped without a word."""
+        if kwargs is None:
+            return
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"cross_attention_kwargs must be a dict, got {type(kwargs).__name__}")
+        backend = type(getattr(self, "backend", None)).__name__
+        eager = backend in ("NoneType", "EagerBackend", "TorchCompileBackend")  # others decide for themselves
+        unet = self.unet
+        has_addon = bool(kwargs) and any(getattr(m, "addon", None) for m in getattr(unet, "modules", list)())
+        if kwargs and eager and isinstance(unet, torch.nn.Module) and not has_addon:
+            raise ValueError(
+                f"cross_attention_kwargs {sorted(kwargs)} would be ignored: they are passed to attention add-ons "
+                "(IP-Adapter, ...) and this UNet has none. A LoRA's strength is set with pipe.set_adapters."
+            )
+
     def _plan_noise(
         self,
         total: int,
@@ -834,6 +850,7 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         guided = guidance_scale > 1.0
         self.check_chunk_inputs(height, width, total, latents)
         self.check_vae()
+        self._check_cross_attention_kwargs(cross_attention_kwargs)
         chunk_size = self._chunk_size(total, height, width, guided, memory_budget)
         one_at_a_time = self._offload_lock if self._offload_device is not None else contextlib.nullcontext()
         with self._gate.shared(), one_at_a_time:

@@ -130,6 +130,8 @@ CASES = [
     Case("clip_skip=1.5", "api", call(clip_skip=1.5), "non-negative integer"),
     # outputs, callbacks, budgets
     Case("output_type='jpeg'", "api", call(output_type="jpeg"), "output_type"),
+    Case("cross_attention_kwargs=5", "api", call(cross_attention_kwargs=5), "must be a dict"),
+    Case("cross_attention_kwargs, no add-on", "api", call(cross_attention_kwargs={"scale": 0.5}), "would be ignored"),
     Case("callback not callable", "api", call(callback_on_step_end=5), "callable"),
     Case(
         "callback returns a list",
