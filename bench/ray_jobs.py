@@ -79,7 +79,9 @@ def write_cost(size: int, repeats: int = 20) -> float:
         start = time.perf_counter()
         for job in batch:
             out.write(job, data)
-        return (time.perf_counter() - start) / repeats * 1000
+        seconds = time.perf_counter() - start
+        out.close()
+        return seconds / repeats * 1000
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import json
 import pytest
 from difframe_stable_diffusion.jobs import JobFileError, parse_jobs, run_jobs
 from difframe_stable_diffusion.jobs import runner as runner_module
-from difframe_stable_diffusion.jobs.outputs import MANIFEST, OutputFolderError
+from difframe_stable_diffusion.jobs.outputs import MANIFEST, OutputFolder, OutputFolderError
 from difframe_stable_diffusion.jobs.runner import EngineError, LocalEngine, get_engine
 from difframe_stable_diffusion.jobs.spec import group_batches
 from PIL import Image
@@ -87,6 +87,17 @@ def test_output_folder_that_cannot_be_written(tmp_path):
     blocker.write_text("")
     with pytest.raises(OutputFolderError, match="is not writable"):
         run_jobs([{"prompt": "a", "seed": 1}], out=blocker / "out", progress=False)
+
+
+def test_one_run_per_output_folder(tmp_path):
+    first = OutputFolder(tmp_path)
+    first.prepare()
+    with pytest.raises(OutputFolderError, match="another run is writing to"):
+        run_jobs([{"prompt": "a", "seed": 1}], out=tmp_path, progress=False)
+    first.close()
+    second = OutputFolder(tmp_path)
+    second.prepare()  # free again
+    second.close()
 
 
 def test_unknown_engine_and_missing_plugin(monkeypatch):

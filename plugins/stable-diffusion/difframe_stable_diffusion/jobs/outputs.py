@@ -21,6 +21,7 @@ from difframe.atomic import atomic_write_bytes, atomic_write_text
 from .spec import Job
 
 MANIFEST = "manifest.jsonl"
+LOCK = ".difframe-run.lock"
 
 
 class OutputFolderError(OSError):
@@ -33,6 +34,7 @@ class OutputFolder:
         self.manifest = self.path / MANIFEST
         self._records: dict[str, dict[str, Any]] = {}
         self._files: dict[str, str] = {}  # file name -> job key, of every recorded image
+        self._lock_file: Any = None
 
     def prepare(self) -> None:
         """Create the folder, prove it writable, drop temporary files an interrupted run left, read the manifest."""
@@ -45,6 +47,7 @@ class OutputFolder:
                 f"output folder {self.path} is not writable ({error.strerror or error}): choose another --out, or "
                 "fix its permissions"
             ) from None
+        self._lock()
         for leftover in self.path.glob(".*.png.*.tmp"):
             with contextlib.suppress(OSError):
                 leftover.unlink()
@@ -63,6 +66,30 @@ class OutputFolder:
                 continue  # a line cut short by a crash: its job is redone
         if text and (not text.endswith("\n") or len(kept) != len(text.splitlines())):
             atomic_write_text(self.manifest, "".join(line + "\n" for line in kept))  # appends start on a clean line
+
+    def _lock(self) -> None:
+        """One run per folder at a time: two would write the same files and manifest."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here
+            return
+        if self._lock_file is not None:
+            return
+        handle = open(self.path / LOCK, "a+")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise OutputFolderError(
+                f"another run is writing to {self.path}: wait for it to end, or choose another --out"
+            ) from None
+        self._lock_file = handle
+
+    def close(self) -> None:
+        """Let another run use the folder."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def is_finished(self, job: Job) -> bool:
         record = self._records.get(job.key)

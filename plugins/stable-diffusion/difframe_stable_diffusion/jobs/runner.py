@@ -225,26 +225,29 @@ def run_jobs(
     jobs = _as_jobs(jobs)
     folder = OutputFolder(out)
     folder.prepare()
-    engine = get_engine(engine, **engine_options)
-    summary = RunSummary(out=folder.path, jobs=jobs, paths=[None] * len(jobs))
-    todo = []
-    for i, job in enumerate(jobs):
-        if folder.is_finished(job):
-            summary.paths[i] = folder.finished_file(job)
-            summary.skipped += 1
-        else:
-            todo.append(job)
-    started = time.perf_counter()
-    with tqdm(total=len(jobs), initial=summary.skipped, unit="image", disable=not progress) as bar:
-        context = RunContext(folder, summary, bar, on_result)
-        try:
-            if todo:
-                engine.run(group_batches(todo, batch_size), context)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-        except EngineError as error:
-            if not (summary.written or summary.failures):
-                raise  # nothing ran: bad input, such as an unreachable cluster
-            summary.errors.append(f"the run stopped: {error}")
-    summary.seconds = time.perf_counter() - started
+    try:
+        engine = get_engine(engine, **engine_options)
+        summary = RunSummary(out=folder.path, jobs=jobs, paths=[None] * len(jobs))
+        todo = []
+        for i, job in enumerate(jobs):
+            if folder.is_finished(job):
+                summary.paths[i] = folder.finished_file(job)
+                summary.skipped += 1
+            else:
+                todo.append(job)
+        started = time.perf_counter()
+        with tqdm(total=len(jobs), initial=summary.skipped, unit="image", disable=not progress) as bar:
+            context = RunContext(folder, summary, bar, on_result)
+            try:
+                if todo:
+                    engine.run(group_batches(todo, batch_size), context)
+            except KeyboardInterrupt:
+                summary.interrupted = True
+            except EngineError as error:
+                if not (summary.written or summary.failures):
+                    raise  # nothing ran: bad input, such as an unreachable cluster
+                summary.errors.append(f"the run stopped: {error}")
+        summary.seconds = time.perf_counter() - started
+    finally:
+        folder.close()
     return summary
