@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from .catalog import ModelEntry
 from .jobs import Job
 
 log = logging.getLogger("difframe_server")
+PREVIEW_INTERVAL = 1.0  # seconds between two previews: a VAE decode can cost as much as a denoising step
 
 
 class ModelUnavailable(Exception):
@@ -122,10 +124,12 @@ class Engine:
             progress.step, progress.steps = step + 1, steps
             for job in jobs:
                 job.steps_run += 1
-            if any(job.preview_wanted for job in jobs):
+            now = time.monotonic()
+            if any(job.preview_wanted for job in jobs) and now - leader.preview_at >= PREVIEW_INTERVAL:
                 for job in jobs:
                     job.preview_wanted = False
                 leader.preview = pipeline.to_output(pipeline.decode_latents(tensors["latents"][:1]), "pil")[0]
+                leader.preview_at = now
             if all(job.should_stop for job in jobs):  # a batch stops once none of its clients wants it
                 pipeline.interrupt()
 

@@ -71,6 +71,7 @@ class Job:
     stop_requested_at_step: int | None = None
     preview: Any = None  # PIL image of the latest latents, made on the worker when a client asked for one
     preview_wanted: bool = False
+    preview_at: float = float("-inf")  # when the preview was made
     _stop: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False
 
