@@ -17,6 +17,8 @@ from difframe.scheduling import (
     alpha_sigma,
 )
 
+from .options import refused_options
+
 
 def log(value: torch.Tensor) -> torch.Tensor:
     # The coefficients below are differences of nearly equal terms, so 1-ulp differences in log change them
@@ -38,6 +40,7 @@ def _integral_3(t: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tens
 
 class DEISScheduler(MultistepScheduler):
     layout_name = ("diffusers", "DEISMultistepScheduler")
+    refused_options = refused_options("DEISMultistepScheduler")
 
     def __init__(
         self,
@@ -57,6 +60,7 @@ class DEISScheduler(MultistepScheduler):
         lower_order_final: bool = True,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,

@@ -32,8 +32,10 @@ class _DPM2Base(SigmaScheduler):
     order = 2
     sigmas_interpol: torch.Tensor
 
-    def _schedule(self, num_inference_steps: int | None, device: Any) -> tuple[torch.Tensor, np.ndarray]:
-        steps, sigmas = self._sigma_schedule(num_inference_steps, None, None, round_karras=True)
+    def _schedule(self, num_inference_steps: int | None, train_steps: int | None) -> tuple[torch.Tensor, np.ndarray]:
+        steps, sigmas = self._sigma_schedule(
+            num_inference_steps, None, None, round_karras=True, num_train_timesteps=train_steps
+        )
         self.num_inference_steps = len(steps)
         self._log_sigmas = np.log(sigmas_from_alphas_cumprod(self.alphas_cumprod))
         return torch.from_numpy(sigmas), steps
@@ -63,6 +65,7 @@ class DPM2Scheduler(_DPM2Base):
         trained_betas: list[float] | None = None,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
         prediction_type: PredictionType = "epsilon",
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
@@ -71,8 +74,11 @@ class DPM2Scheduler(_DPM2Base):
         self._init_sigmas()
         self._first_sample = None
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None) -> None:
-        sigmas, steps = self._schedule(num_inference_steps, device)
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device: Any = None, num_train_timesteps: int | None = None
+    ) -> None:
+        """``num_train_timesteps``: space the steps over the first this many training timesteps."""
+        sigmas, steps = self._schedule(num_inference_steps, num_train_timesteps)
         mid = sigmas.log().lerp(sigmas.roll(1).log(), 0.5).exp()  # geometric mean with the previous σ
         self.sigmas, self.sigmas_interpol = doubled(sigmas), doubled(mid)
         self._interleave_timesteps(steps, mid[1:], device)
@@ -113,6 +119,7 @@ class DPM2AncestralScheduler(_DPM2Base):
         trained_betas: list[float] | None = None,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
         prediction_type: PredictionType = "epsilon",
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
@@ -121,8 +128,11 @@ class DPM2AncestralScheduler(_DPM2Base):
         self._init_sigmas()
         self._first_sample = None
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None) -> None:
-        sigmas, steps = self._schedule(num_inference_steps, device)
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device: Any = None, num_train_timesteps: int | None = None
+    ) -> None:
+        """``num_train_timesteps``: space the steps over the first this many training timesteps."""
+        sigmas, steps = self._schedule(num_inference_steps, num_train_timesteps)
         sigmas_next = sigmas.roll(-1)
         sigmas_next[-1] = 0.0
         up = (sigmas_next**2 * (sigmas**2 - sigmas_next**2) / sigmas**2) ** 0.5

@@ -66,6 +66,7 @@ class DPMSolverSDEScheduler(SigmaScheduler):
         prediction_type: PredictionType = "epsilon",
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
         noise_sampler_seed: int | None = None,
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
@@ -75,8 +76,13 @@ class DPMSolverSDEScheduler(SigmaScheduler):
         self._first_sample: torch.Tensor | None = None
         self.noise_sampler: BrownianTreeNoise | None = None
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None) -> None:
-        steps, sigmas = self._sigma_schedule(num_inference_steps, None, None, dtype=np.float64)
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device: Any = None, num_train_timesteps: int | None = None
+    ) -> None:
+        """``num_train_timesteps``: space the steps over the first this many training timesteps."""
+        steps, sigmas = self._sigma_schedule(
+            num_inference_steps, None, None, dtype=np.float64, num_train_timesteps=num_train_timesteps
+        )
         self.num_inference_steps = len(steps)
         # The second call of each step is at the midpoint in log σ between σ and σ_next.
         s = -np.log(sigmas[:-1].astype(np.float64))

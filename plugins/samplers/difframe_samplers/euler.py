@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from difframe.scheduling import (
     BetaSchedule,
@@ -17,12 +18,15 @@ from difframe.scheduling import (
     x0_from_sigma,
 )
 
+from .options import refused_options
+
 
 class EulerScheduler(SigmaScheduler):
     """First-order ODE steps x ← x + (σ_next - σ)·(x - x̂_0)/σ; ``s_churn`` > 0 in ``step`` adds Karras' noise
     injection."""
 
     layout_name = ("diffusers", "EulerDiscreteScheduler")
+    refused_options = refused_options("EulerDiscreteScheduler")
 
     def __init__(
         self,
@@ -35,15 +39,18 @@ class EulerScheduler(SigmaScheduler):
         interpolation_type: Literal["linear"] = "linear",
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         timestep_spacing: TimestepSpacing = "linspace",
-        timestep_type: Literal["discrete"] = "discrete",
+        # 'continuous' with v-prediction gives the model c_noise = log(σ)/4 (EDM) instead of a training timestep.
+        timestep_type: Literal["discrete", "continuous"] = "discrete",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
         final_sigmas_type: FinalSigmas = "zero",
     ) -> None:
         self._init_sigmas()
+        self._edm_timesteps = timestep_type == "continuous" and prediction_type == "v_prediction"
 
     def set_timesteps(
         self,
@@ -53,9 +60,13 @@ class EulerScheduler(SigmaScheduler):
         timesteps: Sequence[float] | None = None,
         sigmas: Sequence[float] | None = None,
     ) -> None:
+        if self._edm_timesteps and timesteps is not None:
+            raise ValueError("timestep_type='continuous' with v-prediction derives the timesteps from σ; pass sigmas")
         steps, sigmas_ = self._sigma_schedule(num_inference_steps, timesteps, sigmas)
         self.num_inference_steps = len(steps)
         self.sigmas = torch.from_numpy(sigmas_)
+        if self._edm_timesteps:  # EDM's c_noise
+            steps = 0.25 * np.log(sigmas_[:-1])
         self.timesteps = torch.from_numpy(steps.astype("float32")).to(device)
         self._reset()
 
@@ -92,6 +103,7 @@ class EulerAncestralScheduler(SigmaScheduler):
     """Euler to a lower σ_down, then fresh noise σ_up back up to σ_next (σ_down² + σ_up² = σ_next²)."""
 
     layout_name = ("diffusers", "EulerAncestralDiscreteScheduler")
+    _edm_timesteps = False
 
     def __init__(
         self,
@@ -106,6 +118,7 @@ class EulerAncestralScheduler(SigmaScheduler):
         rescale_betas_zero_snr: bool = False,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
     ) -> None:
         self._init_sigmas()
 

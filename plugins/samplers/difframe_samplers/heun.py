@@ -39,6 +39,7 @@ class HeunScheduler(SigmaScheduler):
         prediction_type: PredictionType = "epsilon",
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
         clip_sample: bool = False,
         clip_sample_range: float = 1.0,
         timestep_spacing: TimestepSpacing = "linspace",
@@ -49,9 +50,16 @@ class HeunScheduler(SigmaScheduler):
         self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def set_timesteps(
-        self, num_inference_steps: int | None = None, device: Any = None, *, timesteps: Sequence[float] | None = None
+        self,
+        num_inference_steps: int | None = None,
+        device: Any = None,
+        num_train_timesteps: int | None = None,
+        timesteps: Sequence[float] | None = None,
     ) -> None:
-        steps, sigmas = self._sigma_schedule(num_inference_steps, timesteps, None)
+        """``num_train_timesteps``: space the steps over the first this many training timesteps."""
+        steps, sigmas = self._sigma_schedule(
+            num_inference_steps, timesteps, None, num_train_timesteps=num_train_timesteps
+        )
         self.num_inference_steps = len(steps)
         self.sigmas = interleave(torch.from_numpy(sigmas))
         self.timesteps = interleave(torch.from_numpy(steps), keep_last=False).to(device=device, dtype=torch.float32)

@@ -39,6 +39,7 @@ class LMSScheduler(SigmaScheduler):
         trained_betas: list[float] | None = None,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
         prediction_type: PredictionType = "epsilon",
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,

@@ -65,14 +65,25 @@ class PNDMScheduler(AlphaScheduler):
     def step(
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *, generator: Any = None
     ) -> SchedulerOutput:
+        if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
+            return self.step_prk(model_output, timestep, sample)
+        return self.step_plms(model_output, timestep, sample)
+
+    def _check_ready(self) -> None:
         if self.num_inference_steps is None:
             raise RuntimeError("call set_timesteps before stepping PNDMScheduler")
-        if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
-            return self._step_prk(model_output, int(timestep), sample)
-        return self._step_plms(model_output, int(timestep), sample)
 
-    def _step_prk(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor) -> SchedulerOutput:
-        # Four evaluations per step, combined with RK4 weights 1/6, 1/3, 1/3, 1/6; the even ones land half-way.
+    def step_prk(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> SchedulerOutput:
+        """One of the pseudo Runge-Kutta warm-up calls (``step`` calls it for the first timesteps).
+
+        Four evaluations per step, combined with RK4 weights 1/6, 1/3, 1/3, 1/6; the even ones land half-way."""
+        self._check_ready()
+        if self.counter >= len(self.prk_timesteps):
+            raise RuntimeError(
+                f"PNDM has {len(self.prk_timesteps)} Runge-Kutta calls for this schedule (skip_prk_steps="
+                f"{self.config.skip_prk_steps}) and all have run; continue with step_plms or step"
+            )
+        timestep = int(timestep)
         half = self.config.num_train_timesteps // self.num_inference_steps // 2
         prev_t = timestep - (0 if self.counter % 2 else half)
         t = int(self.prk_timesteps[self.counter // 4 * 4])
@@ -90,7 +101,11 @@ class PNDMScheduler(AlphaScheduler):
         self.counter += 1
         return self._transfer(base, t, prev_t, model_output)
 
-    def _step_plms(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor) -> SchedulerOutput:
+    def step_plms(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> SchedulerOutput:
+        """One linear multistep call (``step`` calls it after the Runge-Kutta warm-up, or from the start with
+        skip_prk_steps)."""
+        self._check_ready()
+        timestep = int(timestep)
         if not self.config.skip_prk_steps and len(self.ets) < 3:
             raise RuntimeError("PNDM's PLMS steps must follow its Runge-Kutta steps: iterate scheduler.timesteps")
         jump = self.config.num_train_timesteps // self.num_inference_steps

@@ -21,9 +21,12 @@ from difframe.scheduling import (
     alpha_sigma,
 )
 
+from .options import refused_options
+
 
 class UniPCScheduler(MultistepScheduler):
     layout_name = ("diffusers", "UniPCMultistepScheduler")
+    refused_options = refused_options("UniPCMultistepScheduler")
 
     def __init__(
         self,
@@ -44,6 +47,7 @@ class UniPCScheduler(MultistepScheduler):
         disable_corrector: list[int] = [],  # noqa: B006 - recorded in the config; never mutated
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
         final_sigmas_type: FinalSigmas = "zero",

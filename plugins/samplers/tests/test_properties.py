@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 FW = Framework(plugins=[plugin])
 NAMES = ["ddpm", "ddim", "pndm", "plms", "euler", "euler_a", "heun", "lms", "dpm2", "dpm2_a", "dpmpp_2m"]
-NAMES += ["dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde", "unipc", "deis"]
+NAMES += ["dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde", "unipc", "deis", "dpmpp_2s", "dpmpp_3s"]
 SETTINGS = settings(
     max_examples=int(os.environ.get("SAMPLER_EXAMPLES", 40)),
     deadline=None,
@@ -42,11 +42,13 @@ def configs(draw: st.DrawFn) -> tuple[str, dict[str, Any], int]:
         "num_train_timesteps": T,
         "beta_start": beta_start,
         "beta_end": draw(st.floats(beta_start * 2, 0.03)),
-        "beta_schedule": draw(st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2", "sqrt"])),
+        "beta_schedule": draw(
+            st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2", "sqrt", "exp", "laplace", "sigmoid"])
+        ),
         "prediction_type": draw(st.sampled_from(typing.get_args(known["prediction_type"]))),
         "timestep_spacing": draw(st.sampled_from(["leading", "trailing", "linspace"])),
     }
-    sigmas = draw(st.sampled_from([None, "use_karras_sigmas", "use_exponential_sigmas"]))
+    sigmas = draw(st.sampled_from([None, "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]))
     if sigmas in known:
         config[sigmas] = True
     if config["prediction_type"] == "v_prediction" and draw(st.booleans()):

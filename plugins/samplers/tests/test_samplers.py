@@ -16,6 +16,7 @@ from difframe.errors import ConfigError, UnavailableError, UnknownComponentError
 from difframe.scheduling import make_alphas_cumprod, make_betas
 from difframe.tolerance import assert_trajectories_match
 from difframe_samplers import plugin
+from difframe_samplers.pndm import PNDMScheduler
 
 diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the reference on numpy 2
@@ -440,3 +441,26 @@ def test_generator_list_must_match_the_batch(fw: Framework) -> None:
     generators = [torch.Generator().manual_seed(s) for s in range(3)]
     with pytest.raises(ValueError, match="got 3 generators for a batch of 2"):
         scheduler.step(x, scheduler.timesteps[0], x, generator=generators)
+
+
+def test_pndm_phases_can_be_called_directly() -> None:
+    """step_prk and step_plms, as reference users call them, walk the same trajectory as the reference's."""
+
+    class Phases:  # calls each phase by name, as a loop written for the reference would
+        def __init__(self, sampler: Any) -> None:
+            self.sampler, self.timesteps = sampler, sampler.timesteps
+
+        def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> Any:
+            warm_up = self.sampler.counter < len(self.sampler.prk_timesteps)
+            return (self.sampler.step_prk if warm_up else self.sampler.step_plms)(model_output, timestep, sample)
+
+    config = {**SD15, "skip_prk_steps": False}
+    ours, theirs = PNDMScheduler.from_config(config), diffusers.PNDMScheduler.from_config(config)
+    for sampler in (ours, theirs):
+        sampler.set_timesteps(10)
+    sample = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    assert assert_trajectories_match(Phases(ours), Phases(theirs), model, sample) == len(theirs.timesteps)
+    with pytest.raises(RuntimeError, match="Runge-Kutta calls .* have run"):
+        ours.step_prk(sample, ours.timesteps[-1], sample)
+    with pytest.raises(RuntimeError, match="call set_timesteps"):
+        PNDMScheduler().step_plms(sample, 999, sample)
