@@ -239,6 +239,58 @@ def test_loading_does_not_copy_the_weights(h, framework, tiny_model):
     assert not conv.untyped_storage().resizable()  # a file mapping, not memory torch allocated
 
 
+@pytest.mark.parametrize("sd2", [False, True])
+def test_our_names_are_the_references_names_at_full_size(sd2):
+    """The reference's own LDM readers, run on one-element tensors tagged by their key, place every tensor where our
+    table says, for the full SD 1.5 / 2.x UNet and VAE and both text encoder layouts (no full-size memory)."""
+    import diffusers
+    from difframe_stable_diffusion import ldm_layout
+    from diffusers.loaders import single_file_utils as reference
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet_config = dict(cross_attention_dim=1024, use_linear_projection=True) if sd2 else {}
+    vae_config = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2)
+    vae_config |= dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel(**unet_config)
+        vae = diffusers.AutoencoderKL(**vae_config)
+    layout = "openclip" if sd2 else "clip"
+    encoder = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2))
+    tables = {
+        "unet": ldm_layout.unet_table(unet.state_dict(), 2, unet.config.up_block_types),
+        "vae": ldm_layout.vae_table(vae.state_dict(), 4),
+        "text": ldm_layout.text_table(encoder.state_dict(), layout),
+    }
+    checkpoint, tags = {}, {}
+    for part, table in tables.items():
+        for name, source in table.items():
+            if source.key not in checkpoint:
+                shape = (1, 1, 1, 1) if ".attn_1." in source.key and source.key.endswith("weight") else (1,)
+                if source.part is not None:
+                    shape = (3 * 8, 1) if source.key.endswith("weight") else (3 * 8,)
+                tag = float(len(checkpoint))
+                checkpoint[source.key] = torch.full(shape, tag)
+                if source.part is not None:
+                    checkpoint[source.key] = tag + torch.arange(3.0).repeat_interleave(8).reshape(shape) / 4
+            value = checkpoint[source.key]
+            tags[(part, name)] = value.chunk(3)[source.part] if source.part is not None else value
+
+    converted = {
+        "unet": reference.convert_ldm_unet_checkpoint(checkpoint, dict(unet.config)),
+        "vae": reference.convert_ldm_vae_checkpoint(checkpoint, dict(vae.config)),
+        "text": reference.convert_open_clip_checkpoint(encoder, checkpoint)
+        if sd2
+        else reference.convert_ldm_clip_checkpoint(checkpoint),
+    }
+    for part, table in tables.items():
+        theirs = {ldm_layout.strip_text_model(k): v for k, v in converted[part].items()}
+        ours = {ldm_layout.strip_text_model(k) for k in table}
+        assert ours <= theirs.keys(), f"{part}: {sorted(ours - theirs.keys())[:5]}"
+        for name in table:
+            got = theirs[ldm_layout.strip_text_model(name)]
+            assert torch.equal(got.reshape(-1), tags[(part, name)].reshape(-1)), f"{part} {name}"
+
+
 # --- the architecture from keys and shapes (full-size models on the meta device: no memory) ----------------------
 def _meta_file(tmp_path: Path, *, sd2: bool, in_channels: int = 4, text_layers: int | None = None, marker=False):
     """What CheckpointFile gives the loader (names and shapes) for a full-size SD 1.5 / 2.x checkpoint."""
