@@ -100,3 +100,47 @@ def check_recorded_hashes(recorded: dict[str, str], folder: Path | None) -> None
                 f"LoRA {name!r} in {path} has hash {actual}, but the image was made with {short}: another file of "
                 "the same name (the image would not be reproduced)"
             )
+
+
+def parse_embedding_option(text: str) -> tuple[str | None, Path]:
+    """CLI ``--embedding [TOKEN=]FILE`` -> (token or None for the file's own name, file)."""
+    token, sep, path = text.partition("=")
+    if not sep:
+        token, path = "", text
+    file = Path(os.path.expanduser(path))
+    if not file.is_file():
+        raise ValueError(f"--embedding {text}: {file} is not a file")
+    return token or None, file
+
+
+def check_networks(params: object, lora_dir: str | None, embeddings: list[str], *, from_png: bool) -> None:
+    """Before any model loads: the prompt's LoRAs are in the LoRA folder (with the recorded hashes, when reproducing
+    a PNG), the embeddings it records are given with their hashes, and nothing it records is unsupported."""
+    folder = lora_folder(lora_dir)
+    texts = [getattr(params, "prompt", ""), getattr(params, "negative_prompt", "")]
+    names: dict[str, float] = {}
+    for text in texts:
+        names.update(parse_lora_tags(text)[1])
+    recorded: dict[str, str] = getattr(params, "lora_hashes", {}) if from_png else {}
+    for name in names:
+        find_lora(name, folder)
+    check_recorded_hashes({n: recorded.get(n, "") for n in names}, folder)
+    if not from_png:
+        return
+    unsupported = params.unsupported_fields()  # type: ignore[attr-defined]
+    if unsupported:
+        raise ValueError(
+            "the PNG's parameters use what difframe does not reproduce: " + "; ".join(unsupported) + ". The image "
+            "would differ; generate without --from-png and set the parameters you want."
+        )
+    given = {}
+    for option in embeddings:
+        token, file = parse_embedding_option(option)
+        given[token or file.stem] = hashlib.sha256(file.read_bytes()).hexdigest()
+    for name, short in getattr(params, "ti_hashes", {}).items():
+        if name not in given:
+            raise ValueError(
+                f"the image was made with embedding {name!r} (TI hashes: {short}): pass it with --embedding {name}=FILE"
+            )
+        if short and not given[name].startswith(short.lower()):
+            raise ValueError(f"--embedding {name}: the file's hash {given[name][:12]} is not the recorded {short}")
