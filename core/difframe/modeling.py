@@ -191,10 +191,17 @@ class ModelMixin(nn.Module, ConfigMixin):
         except DifframeError:
             raise
         except (RuntimeError, ValueError, TypeError, ZeroDivisionError, IndexError, KeyError) as error:
+            values = {**config, **overrides}
+            suspects = [
+                f"{name}={value!r}"
+                for name, value in values.items()
+                if _has_non_positive(value) and name in cls.config_schema().model_fields
+            ]
+            hint = f" Likely culprits: {', '.join(suspects)}." if suspects else ""
             raise ConfigError(
                 f"{folder / cls.config_name} does not describe a {cls.__name__} that can be built: "
-                f"{type(error).__name__}: {error}. Fix the value it names (channel counts and sizes must be "
-                "positive), or save the model again."
+                f"{type(error).__name__}: {error}.{hint} Channel counts and sizes must be positive; fix the value, "
+                "or save the model again."
             ) from None
 
     @classmethod
@@ -206,9 +213,11 @@ class ModelMixin(nn.Module, ConfigMixin):
         variant: str | None = None,
         allow_pickle: bool = False,
         torch_dtype: torch.dtype | None = None,
+        weights: bool = True,
         **_: Any,
     ) -> None:
-        """Everything ``from_pretrained`` checks, without reading a weight: paths, config, weights files present."""
+        """Everything ``from_pretrained`` checks, without reading a weight: paths, config, and (``weights``) that the
+        weights files are present."""
         from .paths import check_subfolder, check_variant, contained
         from .placement import check_dtype
 
@@ -218,7 +227,8 @@ class ModelMixin(nn.Module, ConfigMixin):
         root = Path(reference)
         folder = contained(root, subfolder, named_by="subfolder") if subfolder else root
         config = cls.load_config(folder)
-        find_weights(folder, cls.weights_name, variant, allow_pickle)
+        if weights:
+            find_weights(folder, cls.weights_name, variant, allow_pickle)
         cls._skeleton(config, folder)
 
     def load_weights(
@@ -250,6 +260,12 @@ class ModelMixin(nn.Module, ConfigMixin):
             else:
                 converted[key] = tensor
         self.load_state_dict(converted, strict=True, assign=True)
+
+
+def _has_non_positive(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_positive(v) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool) and value <= 0
 
 
 def _mismatch_message(

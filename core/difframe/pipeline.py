@@ -17,6 +17,7 @@ from .paths import check_folder, contained
 
 P = TypeVar("P", bound="DiffusionPipeline")
 INDEX_NAME = "model_index.json"
+WEIGHT_PATTERNS = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
 
 class Component:
@@ -205,6 +206,7 @@ class DiffusionPipeline:
         }
         root = resolve(reference, allow_patterns=[INDEX_NAME], **hub)
         index = _read_index(root)
+        load_options = {"torch_dtype": torch_dtype, "variant": variant, "allow_pickle": allow_pickle}
         if not Path(os.path.expanduser(os.fspath(reference))).is_dir():  # a hub id: fetch only what is used
             allow, ignore = [INDEX_NAME], []
             for name in cls.declared:
@@ -212,21 +214,11 @@ class DiffusionPipeline:
                     patterns = weight_patterns(f"{name}/", variant=variant, allow_pickle=allow_pickle)
                     allow += patterns["allow_patterns"]
                     ignore = patterns["ignore_patterns"]
+            configs = [pattern for pattern in allow if not pattern.endswith(WEIGHT_PATTERNS)]
+            root = resolve(reference, allow_patterns=configs, ignore_patterns=ignore, **hub)
+            cls._check(framework, root, index, overrides, load_options, weights=False)  # before downloading weights
             root = resolve(reference, allow_patterns=allow, ignore_patterns=ignore, **hub)
-
-        plan = cls._plan(framework, root, index, overrides)
-        load_options = {"torch_dtype": torch_dtype, "variant": variant, "allow_pickle": allow_pickle}
-        components = dict(overrides)
-        for name, value in overrides.items():  # cheap to build, and each may be refused: before any weight
-            if isinstance(value, str) and cls.declared[name].kind == "scheduler":
-                config = _scheduler_config(root, name, index, value)
-                components[name] = framework.scheduler(value, config)
-            elif isinstance(value, str):
-                components[name] = framework.create(cls.declared[name].kind, value)
-        for name, (registration, loader) in plan.items():  # every config and file, before any weight
-            check = getattr(loader, "check_pretrained", None)
-            if check is not None:
-                _in_component(name, registration, check, root, subfolder=name, **load_options)
+        plan, components = cls._check(framework, root, index, overrides, load_options, weights=True)
         for name, (registration, loader) in plan.items():
             components[name] = _load_component(loader, registration, root, name, load_options)
         pipeline = cls(**components)
@@ -271,6 +263,34 @@ class DiffusionPipeline:
             raise TypeError(
                 f"{cls.__name__} got unknown option(s): {said}. It takes {', '.join(sorted(known - {'self'}))}."
             )
+
+    @classmethod
+    def _check(
+        cls,
+        framework: Any,
+        root: Path,
+        index: dict[str, Any],
+        overrides: dict[str, Any],
+        load_options: dict[str, Any],
+        *,
+        weights: bool,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Every check that needs no weight: a loader for each component, the samplers named in ``overrides`` (built
+        here: they are cheap), and each loader's ``check_pretrained`` (configs, files; weights files present only
+        when ``weights``). Returns the plan and the components built so far."""
+        plan = cls._plan(framework, root, index, overrides)
+        components = dict(overrides)
+        for name, value in overrides.items():
+            if isinstance(value, str) and cls.declared[name].kind == "scheduler":
+                config = _scheduler_config(root, name, index, value)
+                components[name] = framework.scheduler(value, config)
+            elif isinstance(value, str):
+                components[name] = framework.create(cls.declared[name].kind, value)
+        for name, (registration, loader) in plan.items():
+            check = getattr(loader, "check_pretrained", None)
+            if check is not None:
+                _in_component(name, registration, check, root, subfolder=name, weights=weights, **load_options)
+        return plan, components
 
     def apply_options(self, **options: Any) -> None:
         """Pipeline-specific build options (e.g. ``attention``); the base class knows none."""

@@ -186,7 +186,8 @@ def test_invalid_hub_id(framework):
 
 
 def test_only_needed_files_are_requested(framework, saved, tmp_path, monkeypatch):
-    """A hub load asks for model_index.json first, then only the files of the components the pipeline uses."""
+    """A hub load asks for model_index.json first, then the configs of the components the pipeline uses (checked
+    before any weight is fetched), then their weights too."""
     calls = []
     cache = tmp_path / "hf-cache"
     snapshot = make_hub_cache(cache, "someone/toy-model", saved)
@@ -198,11 +199,12 @@ def test_only_needed_files_are_requested(framework, saved, tmp_path, monkeypatch
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
     framework.build("toy", model="someone/toy-model", variant=None)
     assert calls[0]["allow_patterns"] == ["model_index.json"]
-    allowed = calls[1]["allow_patterns"]
+    configs, allowed = calls[1]["allow_patterns"], calls[2]["allow_patterns"]
+    assert "denoiser/*.json" in configs and not any(p.endswith(".safetensors") for p in configs)
     assert "denoiser/*.safetensors" in allowed and "scheduler/*.json" in allowed
     assert not any(p.startswith("extra/") for p in allowed)  # [null, null] components are not fetched
     assert not any(p.endswith((".bin", ".ckpt")) for p in allowed)  # no pickles unless allow_pickle
-    assert "*.fp16.*" in calls[1]["ignore_patterns"]  # other variants are not fetched
+    assert "*.fp16.*" in calls[2]["ignore_patterns"]  # other variants are not fetched
 
 
 def test_default_model_inside_an_installed_package(saved, tmp_path, monkeypatch):

@@ -262,3 +262,27 @@ def test_moving_a_pipeline_checks_the_device_and_dtype(device, dtype):
     with pytest.raises(DifframeError, match="device=|dtype="):
         pipe.to(device, dtype)
     assert pipe.dtype == torch.float32
+
+
+def test_a_hub_model_with_a_bad_config_is_refused_before_its_weights_are_fetched(tmp_path, monkeypatch):
+    """For a hub id, configs are fetched and checked first; weights are fetched only for a model that passes."""
+    import huggingface_hub
+    from difframe import Framework
+    from difframe.testing import ToyPlugin, make_hub_cache, make_toy_pipeline
+
+    make_toy_pipeline().save_pretrained(tmp_path / "toy")
+    config = json.loads((tmp_path / "toy" / "denoiser" / "config.json").read_text())
+    (tmp_path / "toy" / "denoiser" / "config.json").write_text(json.dumps({**config, "hidden": -3}))
+    make_hub_cache(tmp_path / "cache", "someone/bad-toy", tmp_path / "toy")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fetched: list[list[str]] = []
+    original = huggingface_hub.snapshot_download
+
+    def recording(*args, **kwargs):
+        fetched.append(list(kwargs.get("allow_patterns") or ["everything"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", recording)
+    with pytest.raises(ConfigError, match="component 'denoiser'.*hidden"):
+        Framework(plugins=[ToyPlugin()]).build("toy", model="someone/bad-toy", cache_dir=tmp_path / "cache")
+    assert fetched and not any(p.endswith(".safetensors") for patterns in fetched for p in patterns), fetched

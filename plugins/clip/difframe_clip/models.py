@@ -120,11 +120,14 @@ class _ModelLoader:
         subfolder: str | None = None,
         variant: str | None = None,
         allow_pickle: bool = False,
+        weights: bool = True,
         **_: Any,
     ) -> None:
-        """What from_pretrained checks before reading a weight: paths, weights files, and a config of positive sizes."""
+        """What from_pretrained checks before reading a weight: paths, a config of positive sizes, and (``weights``)
+        the weights files."""
         folder = _folder(reference, subfolder, {}, variant=variant, allow_pickle=allow_pickle)
-        _use_safetensors(folder, variant, allow_pickle)
+        if weights:
+            _use_safetensors(folder, variant, allow_pickle)
         config_class = getattr(
             transformers, f"{cls.model_class.removesuffix('WithProjection').removesuffix('Model')}Config"
         )
