@@ -120,7 +120,7 @@ class Engine:
 
         def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> None:
             progress = leader.progress
-            progress.start, progress.stop = tensors["images"]
+            progress.start, progress.stop = tensors.get("images", (0, progress.total))
             progress.step, progress.steps = step + 1, steps
             for job in jobs:
                 job.steps_run += 1

@@ -86,24 +86,36 @@ def test_a_full_queue_answers_503_with_retry_after(engine, framework):
         assert txt2img(running.url, 7, 1).status_code == 200  # and it keeps serving
 
 
+def open_request(port: int, seed: int, steps: int = 150) -> socket.socket:
+    """A txt2img request on a raw connection, so that the test can hang up while it waits."""
+    payload = {"prompt": "x", "steps": steps, "width": 64, "height": 64, "seed": seed, "sampler_name": "Euler"}
+    body = json.dumps(payload).encode()
+    head = (
+        f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.sendall(head + body)
+    return connection
+
+
+def read_response(connection: socket.socket) -> dict:
+    data = b""
+    while chunk := connection.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return json.loads(body)
+
+
 def test_a_client_that_disconnects_leaves_no_work_behind(server):
     """The running job of a client that hangs up stops after its current step; a waiting one never starts."""
-    host, port = "127.0.0.1", server.port
-
-    def open_request(seed: int) -> socket.socket:
-        body = json.dumps({"prompt": "x", "steps": 150, "width": 64, "height": 64, "seed": seed}).encode()
-        head = (
-            f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        connection = socket.create_connection((host, port))
-        connection.sendall(head + body)
-        return connection
+    port = server.port
 
     before = {j["id"] for j in requests.get(server.url + "/api/v1/status", timeout=30).json()["recent"]}
-    running = open_request(1)
+    running = open_request(port, 1)
     wait_until_running(server.url)
-    waiting = open_request(2)
+    waiting = open_request(port, 2)
     deadline = time.monotonic() + 60
     while requests.get(server.url + "/api/v1/status", timeout=30).json()["waiting"] < 1:
         assert time.monotonic() < deadline
@@ -116,3 +128,30 @@ def test_a_client_that_disconnects_leaves_no_work_behind(server):
     first, second = jobs
     assert first["steps_run"] < 150 and first["steps_run"] - first["stop_requested_at_step"] <= 1
     assert second["steps_run"] == 0
+
+
+def test_a_batch_goes_on_for_the_clients_still_waiting(server, reference):
+    """Two waiting requests with equal settings run as one batch; one client leaves mid-batch, the other still gets
+    its image, the one it would get alone."""
+    before = {j["id"] for j in requests.get(server.url + "/api/v1/status", timeout=30).json()["recent"]}
+    blocker = open_request(server.port, 1)
+    wait_until_running(server.url)
+    leaving, staying = open_request(server.port, 21, steps=12), open_request(server.port, 22, steps=12)
+    while requests.get(server.url + "/api/v1/status", timeout=30).json()["waiting"] < 2:
+        time.sleep(0.02)
+    blocker.close()
+    deadline = time.monotonic() + 300
+    while True:
+        running = requests.get(server.url + "/api/v1/status", timeout=30).json()["running"]
+        if running and running["batch"] == 2 and running["steps_run"] >= 1:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    leaving.close()
+    answer = read_response(staying)
+    reference.set_scheduler("euler")
+    alone = reference("x", seed=22, num_inference_steps=12, guidance_scale=7.0).images[0]
+    assert_same_image(decode(answer["images"][0]), alone)
+    jobs = [j for j in wait_until_idle(server.url)["recent"] if j["id"] not in before]
+    assert [(j["state"], j["batch"]) for j in jobs[1:]] == [("cancelled", 2), ("done", 2)], jobs
+    assert jobs[1]["steps_run"] == jobs[2]["steps_run"] == 12  # the batch ran on for the client that stayed
