@@ -38,11 +38,15 @@ class ServerState:
     def create(cls, settings: ServerSettings, framework: Any = None, engine: Engine | None = None) -> ServerState:
         """``engine``: reuse one that already holds a loaded model (tests, benchmarks)."""
         from difframe import Framework
+        from difframe.errors import DifframeError
         from difframe.framework import packaged_folder
 
         framework = framework or Framework()
         default = framework.get("pipeline", "stable-diffusion").spec.default_model
-        builtin_title = Path(packaged_folder(default)).name if default else "built-in"
+        try:
+            builtin_title = Path(packaged_folder(default)).name if default else "built-in"
+        except DifframeError:  # not installed: loading it at start-up says so
+            builtin_title = "built-in"
         catalog = ModelCatalog(settings.model, settings.models_dir, builtin_title)
         return cls(
             settings=settings,
