@@ -156,6 +156,16 @@ def register_scheduler(register: Any) -> None:
     )
     add("dpmpp_2s_karras", single, ("DPM++ 2S Karras",), "DPM++ 2S, Karras sigmas", options=DPMPP_2M | KARRAS)
     add("dpmpp_3s", single, ("DPM++ 3S",), "DPM-Solver++ singlestep, third order", options=DPMPP_3S)
+    two_s_a = "dpmpp_2s_ancestral:DPMSolver2SAncestralScheduler"
+    add("dpmpp_2s_a", two_s_a, ("DPM++ 2S a", "dpmpp_2s_ancestral"), "DPM++ 2S ancestral", stochastic=True)
+    add(
+        "dpmpp_2s_a_karras",
+        two_s_a,
+        ("DPM++ 2S a Karras",),
+        "DPM++ 2S ancestral, Karras sigmas",
+        options=KARRAS,
+        stochastic=True,
+    )
     add("unipc", "unipc:UniPCScheduler", ("UniPC",), "UniPC predictor-corrector", loads="UniPCMultistepScheduler")
     add("unipc_karras", "unipc:UniPCScheduler", ("UniPC Karras",), "UniPC, Karras sigmas", options=KARRAS)
     add("deis", "deis:DEISScheduler", ("DEIS",), "DEIS log-rho multistep", loads="DEISMultistepScheduler")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 FW = Framework(plugins=[plugin])
 NAMES = ["ddpm", "ddim", "pndm", "plms", "euler", "euler_a", "heun", "lms", "dpm2", "dpm2_a", "dpmpp_2m"]
-NAMES += ["dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde", "unipc", "deis", "dpmpp_2s", "dpmpp_3s"]
+NAMES += ["dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde", "unipc", "deis", "dpmpp_2s", "dpmpp_3s", "dpmpp_2s_a"]
 SETTINGS = settings(
     max_examples=int(os.environ.get("SAMPLER_EXAMPLES", 40)),
     deadline=None,

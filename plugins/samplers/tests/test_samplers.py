@@ -464,3 +464,58 @@ def test_pndm_phases_can_be_called_directly() -> None:
         ours.step_prk(sample, ours.timesteps[-1], sample)
     with pytest.raises(RuntimeError, match="call set_timesteps"):
         PNDMScheduler().step_plms(sample, 999, sample)
+
+
+@pytest.mark.parametrize("karras", [False, True])
+@pytest.mark.parametrize("steps", [4, 20])
+def test_dpmpp_2s_ancestral_without_noise_is_the_reference_dpm_solver_2s(steps: int, karras: bool) -> None:
+    """The reference library has no DPM++ 2S a. Its deterministic core (eta=0) is DPM-Solver++(2S) with the
+    intermediate point at the midpoint in λ: the reference's singlestep solver (second order, midpoint rule) given
+    the same noise levels, σ_0, mid_0, σ_1, mid_1, ..., reproduces each call but the last (an Euler step to 0)."""
+    from difframe_samplers.dpmpp_2s_ancestral import DPMSolver2SAncestralScheduler
+
+    config = {**SD15, "use_karras_sigmas": karras}
+    ours = DPMSolver2SAncestralScheduler.from_config(config, eta=0.0)
+    ours.set_timesteps(steps)
+    calls = 2 * (steps - 1)
+    theirs = diffusers.DPMSolverSinglestepScheduler.from_config(
+        {**config, "solver_order": 2, "lower_order_final": False, "final_sigmas_type": "sigma_min"}
+    )
+    theirs.set_timesteps(calls)
+    theirs.sigmas = ours.sigmas[: calls + 1].clone()  # the same noise levels, ending at σ_{n-1}
+    theirs.set_begin_index(0)
+
+    class VariancePreserving:  # ours seen in x_t = x_σ / sqrt(σ² + 1), the reference's parameterization
+        def __init__(self, sampler: Any) -> None:
+            self.sampler, self.timesteps = sampler, sampler.timesteps
+
+        def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> Any:
+            s = self.sampler
+            j = s.index_for_timestep(timestep) if s.step_index is None else s.step_index
+            scale, scale_next = (float(s.sigmas[j]) ** 2 + 1) ** 0.5, (float(s.sigmas[j + 1]) ** 2 + 1) ** 0.5
+            out = s.step(model_output, timestep, sample * scale)
+            return type(out)(out.prev_sample / scale_next, out.pred_original_sample)
+
+    sample = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    calls_compared = assert_trajectories_match(
+        VariancePreserving(ours), theirs, model, sample, timesteps=(ours.timesteps[:calls], ours.timesteps[:calls])
+    )
+    assert calls_compared == calls
+
+
+def test_dpmpp_2s_ancestral_noise(fw: Framework) -> None:
+    """Each step goes down to σ_down and noise σ_up brings it back to σ_next; the seed decides the noise."""
+    sampler = fw.scheduler("DPM++ 2S a Karras", SD15)
+    sampler.set_timesteps(10)
+    for sigma, down, up, _ in sampler._steps[:-1]:
+        assert 0 < down < sigma and up > 0
+    next_sigmas = [s for s, *_ in sampler._steps[1:]] + [0.0]
+    for (_, down, up, _), sigma_next in zip(sampler._steps, next_sigmas):
+        assert down**2 + up**2 == pytest.approx(sigma_next**2, rel=1e-9, abs=1e-12)
+    assert len(sampler.timesteps) == 2 * 10 - 1
+    a, b, c = denoise(sampler, 10, seed=1), denoise(sampler, 10, seed=1), denoise(sampler, 10, seed=2)
+    assert torch.equal(a, b) and not torch.allclose(a, c) and torch.isfinite(a).all()
+    with pytest.raises(ConfigError, match="eta"):
+        fw.scheduler("dpmpp_2s_a", eta="a lot")
+    with pytest.raises(ValueError, match="eta must be at least 0"):
+        fw.scheduler("dpmpp_2s_a", eta=-1.0)
