@@ -375,6 +375,31 @@ def killed_between_fallback_renames(tmp: Path) -> None:
     assert sorted(p.name for p in tmp.iterdir()) == ["m"]
 
 
+def loads_during_repeated_saves_see_a_complete_copy(tmp: Path) -> None:
+    """While another process saves over the model again and again, every load here finds a complete copy: all of
+    the old weights or all of the new."""
+    torch.manual_seed(0)
+    first = ToyDenoiser()
+    first.save_pretrained(tmp / "m")
+    torch.manual_seed(1)
+    second = ToyDenoiser()
+    versions = [first.state_dict(), second.state_dict()]
+    script = (
+        "import sys, torch\nfrom difframe.testing import ToyDenoiser\n"
+        "for i in range(30):\n    torch.manual_seed(i % 2)\n    ToyDenoiser().save_pretrained(sys.argv[1])\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script, str(tmp / "m")])
+    loads = 0
+    try:
+        while writer.poll() is None or loads < 5:
+            state = ToyDenoiser.from_pretrained(tmp / "m").state_dict()
+            assert any(all(torch.equal(state[k], v[k]) for k in v) for v in versions)
+            loads += 1
+    finally:
+        writer.wait()
+    assert writer.returncode == 0 and loads >= 5
+
+
 KILL_SCRIPT = """
 import os, sys
 from pathlib import Path
@@ -420,6 +445,7 @@ SAVING: list[Callable[[Path], None]] = [
     save_keeps_empty_and_symlinked_folders,
     killed_saves_leave_nothing_behind,
     killed_between_fallback_renames,
+    loads_during_repeated_saves_see_a_complete_copy,
 ]
 
 
@@ -480,6 +506,24 @@ def broken_layout_claim(fake_plugin, tmp: Path) -> None:
     assert type(pipe.denoiser).__name__ == "ToyDenoiser"
 
 
+def broken_pipeline_provider(fake_plugin, tmp: Path) -> None:
+    fake_plugin("difframe-toys-ep", TOYS)
+    fake_plugin(
+        "difframe-aaa-pipes",
+        """
+        from difframe import hookimpl
+
+        @hookimpl
+        def register_pipeline(register):
+            register(name="toy", factory="difframe.testing:NoSuchPipeline")
+        """,
+    )
+    framework = Framework()
+    with pytest.warns(UserWarning, match="NoSuchPipeline"):
+        pipe = framework.build("toy", model=_toy(tmp))
+    assert type(pipe).__name__ == "ToyPipeline"
+
+
 def plugin_printing_at_import(fake_plugin) -> None:
     fake_plugin("difframe-chatty", "import os\nprint('hello from a plugin')\nos.write(1, b'raw bytes on fd 1\\n')\n")
     result = _cli("plugins", "--json")
@@ -522,6 +566,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 PLUGINS: list[Callable] = [
     broken_euler_provider,
     broken_layout_claim,
+    broken_pipeline_provider,
     plugin_printing_at_import,
     plugin_exiting_at_import,
     slow_plugin_is_named,
