@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .lora import LoraMixin
-from .metadata import format_hashes
+from .metadata import format_hashes, model_hash
 from .prompt_networks import find_lora, lora_folder, parse_lora_tags
 from .textual_inversion import TextualInversionMixin
 
@@ -94,7 +94,10 @@ class NetworksMixin(LoraMixin, TextualInversionMixin):
         loaded = state["loaded"]
         lora_hashes = {n: loaded[n].short_hash or "" for n in [*tags, *api] if n in loaded}
         suffix = "".join(f" <lora:{n}:{w:g}>" for n, w in api.items())
+        checkpoint_hash = self._checkpoint_hash()
         for params in output.parameters:
+            if checkpoint_hash:
+                params.extra["Model hash"] = checkpoint_hash
             params.prompt = originals.get(params.prompt, params.prompt) + suffix
             params.negative_prompt = negative_originals.get(params.negative_prompt, params.negative_prompt)
             if lora_hashes:
@@ -107,6 +110,18 @@ class NetworksMixin(LoraMixin, TextualInversionMixin):
                 if hasattr(image, "info"):
                     image.info["parameters"] = params.to_text()
         return output
+
+    def _checkpoint_hash(self) -> str | None:
+        """The web UI's "Model hash" of a pipeline loaded from a single-file checkpoint (hashed once)."""
+        info = getattr(self, "single_file", None)
+        path = getattr(info, "path", None)
+        if path is None:
+            return None
+        cached = self.__dict__.get("_checkpoint_hash")
+        if cached is None or cached[0] != path:
+            cached = (path, model_hash(path))
+            self.__dict__["_checkpoint_hash"] = cached
+        return cached[1]
 
     def lora_file(self, name: str) -> Path:
         """Where ``<lora:name:...>`` is found (the lora_dir option, else $DIFFRAME_LORA_DIR)."""

@@ -180,3 +180,13 @@ def test_cli_refuses_web_ui_fields_it_cannot_reproduce(tiny_model, tmp_path, cap
     Image.new("RGB", (32, 32)).save(png, pnginfo=info)
     assert run("generate", "--from-png", str(png), "-m", str(tiny_model), "-o", str(tmp_path / "o")) == 2
     assert "Hires upscale: 2; Hires upscaler: Latent" in capsys.readouterr().err
+
+
+def test_single_file_models_record_the_web_ui_model_hash(h, framework, tiny_model, tmp_path):
+    import hashlib
+
+    checkpoint = tmp_path / "tiny.safetensors"
+    h.build(framework, tiny_model).save_single_file(checkpoint)
+    pipe = h.build(framework, checkpoint, config=str(tiny_model))
+    params = generate(pipe, "a cat").parameters[0]
+    assert params.extra["Model hash"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:10]
