@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import DifframeError
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
-STALE_AFTER_S = 10.0  # a staging folder younger than this may belong to a save that has not locked it yet
+STALE_AFTER_S = 1.0  # a staging folder younger than this may belong to a save that has not locked it yet
 
 
 def _umask() -> int:
