@@ -105,17 +105,7 @@ _CANONICAL = {
     for alias in f.validation_alias.choices
     if isinstance(alias, str)
 }
-_KNOWN = sorted(
-    {name for name in Job.model_fields}
-    | {
-        alias
-        for f in Job.model_fields.values()
-        if isinstance(f.validation_alias, AliasChoices)
-        for alias in f.validation_alias.choices
-        if isinstance(alias, str)
-    }
-    | {"size"}
-)
+_KNOWN = sorted({*Job.model_fields, *_CANONICAL, "size"})
 
 
 def _describe(error: Mapping[str, Any]) -> str:
