@@ -70,14 +70,15 @@ FAMILIES = {
     "sd2-v": Family("Stable Diffusion 2.x (768 px, v-prediction)", 1024, 4, "v_prediction", 96, "ddim"),
     "sd2-inpainting": Family("Stable Diffusion 2.x inpainting", 1024, 9, "epsilon", 64, "ddim"),
 }
+ONLY_SD12 = "this version runs Stable Diffusion 1.x and 2.x (and their inpainting models) only"
 UNSUPPORTED = (  # (key pattern, what the file is, what to do instead)
-    (r"conditioner\.embedders\.", "an SDXL checkpoint", "this version runs Stable Diffusion 1.x and 2.x only"),
-    (r"(model\.diffusion_model\.)?joint_blocks\.|text_encoders\.", "a Stable Diffusion 3 checkpoint", "it runs SD 1/2"),
-    (r"(model\.diffusion_model\.)?double_blocks\.", "a FLUX checkpoint", "this version runs SD 1.x and 2.x only"),
+    (r"conditioner\.embedders\.", "an SDXL checkpoint", ONLY_SD12),
+    (r"(model\.diffusion_model\.)?joint_blocks\.|text_encoders\.", "a Stable Diffusion 3 checkpoint", ONLY_SD12),
+    (r"(model\.diffusion_model\.)?double_blocks\.", "a FLUX checkpoint", ONLY_SD12),
     (r"lora_(unet|te)_|.*\.lora_(down|up|A|B)\.", "a LoRA", "load it onto a pipeline as a LoRA, not as a model"),
     (r"(emb_params|string_to_param|clip_[lg])$", "a textual inversion embedding", "load it as an embedding"),
     (r"control_model\.|input_hint_block\.", "a ControlNet", "ControlNets are not supported yet"),
-    (r"model\.diffusion_model\.label_emb\.", "an SD 2.x upscaler or unCLIP checkpoint", "only SD 1/2 text-to-image"),
+    (r"model\.diffusion_model\.label_emb\.", "an SD 2.x upscaler or unCLIP checkpoint", ONLY_SD12),
 )
 
 
