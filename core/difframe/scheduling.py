@@ -265,6 +265,9 @@ def respace_sigmas(
         return karras_sigmas(lo, hi, steps)
     if kind == "beta":
         return beta_sigmas(lo, hi, steps)
+    if kind == "lu":  # the same, but the ends' log σ taken in float32, as the reference does (it decides rounding)
+        log_hi, log_lo = float(np.log(np.float32(hi))), float(np.log(np.float32(lo)))
+        return np.exp(np.linspace(log_hi, log_lo, steps))
     return exponential_sigmas(lo, hi, steps)
 
 

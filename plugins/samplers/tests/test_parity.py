@@ -160,6 +160,63 @@ PAIRS: dict[str, tuple[type, type, list[dict[str, Any]], dict[str, Any]]] = {
         [{**SD, "solver_order": 3}, {**SD, "solver_order": 3, "use_karras_sigmas": True}, {**SD, "solver_order": 1}],
         {},
     ),
+    # DPM-Solver's noise-prediction algorithms (they end at sigma_min: the reference refuses σ = 0 for them).
+    "dpmsolver": (
+        dpmpp.DPMSolverMultistepScheduler,
+        diffusers.DPMSolverMultistepScheduler,
+        [{**c, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"} for c in cases(ALL)]
+        + [{**SD, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min", "solver_order": 3}],
+        {},
+    ),
+    "sde-dpmsolver": (
+        dpmpp.DPMSolverMultistepScheduler,
+        diffusers.DPMSolverMultistepScheduler,
+        [{**c, "algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"} for c in cases(ALL)]
+        + [{**SD, "algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min", "solver_type": "heun"}],
+        {},
+    ),
+    "dpmpp_respacings": (
+        dpmpp.DPMSolverMultistepScheduler,
+        diffusers.DPMSolverMultistepScheduler,
+        [
+            {**SD, "use_lu_lambdas": True},
+            {"beta_schedule": "squaredcos_cap_v2", "use_lu_lambdas": True, "prediction_type": "v_prediction"},
+            {**SD, "use_beta_sigmas": True},
+            {**SD, "use_beta_sigmas": True, "algorithm_type": "sde-dpmsolver++", "final_sigmas_type": "sigma_min"},
+        ],
+        {},
+    ),
+    # Beta σs (Lee et al. 2024) in every sampler that the reference offers them in.
+    **{
+        f"{name}-beta-sigmas": (ours, theirs, [{**SD, "use_beta_sigmas": True}], {})
+        for name, ours, theirs in [
+            ("euler", euler.EulerScheduler, diffusers.EulerDiscreteScheduler),
+            ("heun", heun.HeunScheduler, diffusers.HeunDiscreteScheduler),
+            ("lms", lms.LMSScheduler, diffusers.LMSDiscreteScheduler),
+            ("dpm2", dpm2.DPM2Scheduler, diffusers.KDPM2DiscreteScheduler),
+            ("dpm2_a", dpm2.DPM2AncestralScheduler, diffusers.KDPM2AncestralDiscreteScheduler),
+            ("dpm_single", dpm_single.DPMSolverSinglestepScheduler, diffusers.DPMSolverSinglestepScheduler),
+            ("unipc", unipc.UniPCScheduler, diffusers.UniPCMultistepScheduler),
+            ("deis", deis.DEISScheduler, diffusers.DEISMultistepScheduler),
+        ]
+    },
+    "euler-continuous": (
+        euler.EulerScheduler,
+        diffusers.EulerDiscreteScheduler,
+        [
+            {**SD, "timestep_type": "continuous", "prediction_type": "v_prediction"},
+            {**SD, "timestep_type": "continuous", "prediction_type": "v_prediction", "use_karras_sigmas": True},
+        ],
+        {},
+    ),
+    # The reference's extra beta schedules, in the samplers that have them there.
+    "ddpm-schedules": (
+        ddpm.DDPMScheduler,
+        diffusers.DDPMScheduler,
+        [{"beta_schedule": "laplace"}, {"beta_schedule": "sigmoid", "prediction_type": "v_prediction"}],
+        {},
+    ),
+    "heun-exp": (heun.HeunScheduler, diffusers.HeunDiscreteScheduler, [{"beta_schedule": "exp"}], {}),
 }
 
 if importlib.util.find_spec("torchsde"):
