@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import DifframeError
+from .errors import SaveTargetError
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 STALE_AFTER_S = 1.0  # a staging folder younger than this may belong to a save that has not locked it yet
@@ -116,17 +116,13 @@ def _carry_over(target: Path, staging: Path) -> None:
                 _carry_over(source, destination)
             elif not os.path.lexists(destination):
                 destination.mkdir()
-                shutil.copystat(source, destination)
                 _carry_over(source, destination)
+                shutil.copystat(source, destination)  # last: a read-only folder still takes its entries first
         elif not os.path.lexists(destination) and not _is_stale_weights(source.name, written):
             try:
                 os.link(source, destination)
             except OSError:
                 shutil.copy2(source, destination)
-
-
-class SaveTargetError(DifframeError, OSError):
-    """The place a save was asked to write is not a folder it may replace."""
 
 
 def _real_target(target: Path) -> Path:

@@ -28,3 +28,7 @@ class ConfigError(DifframeError, ValueError):
 
 class ModelLoadError(DifframeError, OSError):
     """A model folder or weights file that cannot be loaded as asked."""
+
+
+class SaveTargetError(DifframeError, OSError):
+    """The place a save was asked to write is not a folder it may replace (a file, a link to a file or nowhere)."""
