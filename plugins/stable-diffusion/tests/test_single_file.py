@@ -173,6 +173,9 @@ def test_saving_over_the_loaded_file_and_in_half_precision(h, framework, tiny_mo
 
     half = load_file(pipe.save_single_file(tmp_path / "half.safetensors", dtype=torch.float16))
     assert all(half[k].dtype == torch.float16 and torch.equal(half[k], v.half()) for k, v in original.items())
+    in_half = h.build(framework, path, config=tiny_model, dtype=torch.float16)
+    assert {in_half.unet.dtype, in_half.vae.dtype, in_half.text_encoder.dtype} == {torch.float16}
+    assert torch.equal(in_half.unet.conv_in.weight, original["model.diffusion_model.input_blocks.0.0.weight"].half())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["half.safetensors", "model.safetensors"]  # no leftovers
 
 
