@@ -112,10 +112,6 @@ COUNTERPARTS: tuple[Counterpart, ...] = (
         {
             **FLOW,
             "shift_terminal": Refused(FLOW_REASON),
-            "solver_p": Refused(
-                "the reference takes a live sampler object as a config value, which no scheduler_config.json can "
-                "hold; UniPC's own predictor (UniP) is used"
-            ),
             "set_timesteps:sigmas": Refused(f"the reference takes it only with use_flow_sigmas: {FLOW_REASON}"),
             **RETURN_DICT,
         },

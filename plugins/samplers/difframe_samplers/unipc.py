@@ -7,15 +7,18 @@ functions of h (the B(h) variants bh1: B(h) = h, bh2: B(h) = e^h - 1).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+from difframe.errors import ConfigError
 from difframe.scheduling import (
     BetaSchedule,
     FinalSigmas,
     MultistepScheduler,
     PredictionType,
+    SchedulerMixin,
     SchedulerOutput,
     TimestepSpacing,
     alpha_sigma,
@@ -45,6 +48,8 @@ class UniPCScheduler(MultistepScheduler):
         solver_type: Literal["bh1", "bh2", "midpoint", "heun", "logrho"] = "bh2",
         lower_order_final: bool = True,
         disable_corrector: list[int] = [],  # noqa: B006 - recorded in the config; never mutated
+        # Another sampler as the predictor ("solver_p + UniC"): its step replaces UniP; the corrector stays.
+        solver_p: SchedulerMixin | None = None,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
@@ -59,6 +64,7 @@ class UniPCScheduler(MultistepScheduler):
             self.register_to_config(solver_type="bh2")
         self._init_multistep()
         self.last_sample: torch.Tensor | None = None
+        self.solver_p = solver_p
 
     def set_timesteps(
         self, num_inference_steps: int | None = None, device: Any = None, *, timesteps: Sequence[int] | None = None
@@ -67,6 +73,16 @@ class UniPCScheduler(MultistepScheduler):
             num_inference_steps, timesteps, device, final_sigmas_type=self.config.final_sigmas_type
         )
         self.last_sample, self._order = None, 1
+        if self.solver_p is not None:
+            self.solver_p.set_timesteps(self.num_inference_steps, device=device)
+
+    def config_dict_for_saving(self) -> dict[str, Any]:
+        if self.solver_p is not None:
+            raise ConfigError(
+                "a UniPC sampler with a solver_p cannot be saved: scheduler_config.json cannot hold another sampler; "
+                "save the predictor's config on its own and pass solver_p again after loading"
+            )
+        return super().config_dict_for_saving()
 
     def _convert(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """Data prediction x̂_0 (predict_x0) or noise prediction ε̂ (the original UniPC formulation)."""
@@ -92,7 +108,12 @@ class UniPCScheduler(MultistepScheduler):
         order = min(c.solver_order, len(self.timesteps) - i) if c.lower_order_final else c.solver_order
         self._order = min(order, self.lower_order_nums + 1)
         self.last_sample = sample
-        prev = self._update(sample, i, self._order)
+        if self.solver_p is None:
+            prev = self._update(sample, i, self._order)
+        else:  # the predictor gets the raw model output, as a sampler of its own would
+            takes_generator = "generator" in inspect.signature(self.solver_p.step).parameters
+            extra = {"generator": generator} if takes_generator else {}
+            prev = self.solver_p.step(model_output, timestep, sample, **extra).prev_sample
         self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
         self._step_index = i + 1
         return SchedulerOutput(prev, converted if c.predict_x0 else None)

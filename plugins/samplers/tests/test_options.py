@@ -221,6 +221,7 @@ TESTED_ELSEWHERE = {
     "interpolation_type": "only 'linear' is accepted; the other value is refused (see the table)",
     "DPMSolverMultistepScheduler:variance_type": "the reference keeps 3 channels: test_dpm_solver_learned_variance",
     "DPMSolverSinglestepScheduler:variance_type": "the reference keeps 3 channels: test_dpm_solver_learned_variance",
+    "UniPCMultistepScheduler:solver_p": "a sampler object, one from each library: test_unipc_with_another_predictor",
     "DEISMultistepScheduler:algorithm_type": "the reference offers only 'deis' (other solvers' names are aliases)",
     "DEISMultistepScheduler:solver_type": "the reference offers only 'logrho' (other solvers' names are aliases)",
 }
@@ -380,3 +381,27 @@ def test_docs_show_the_table() -> None:
         "docs/samplers.md's options table is out of date: run "
         "`PYTHONPATH=contrib/lcm .venv/bin/python -m difframe_samplers.options docs/samplers.md`"
     )
+
+
+@pytest.mark.parametrize(
+    ("predictor", "reference_predictor"),
+    [
+        ("dpmpp:DPMSolverMultistepScheduler", "DPMSolverMultistepScheduler"),
+        ("ddim:DDIMScheduler", "DDIMScheduler"),
+    ],
+)
+@pytest.mark.parametrize("steps", [1, 4, 20])
+def test_unipc_with_another_predictor(predictor: str, reference_predictor: str, steps: int) -> None:
+    """solver_p: another sampler predicts, UniC corrects; the same trajectory as the reference's with its own."""
+    config = {**SD, "steps_offset": 1, "clip_sample": False}
+    (unipc,) = (c for c in COUNTERPARTS if c.reference == "UniPCMultistepScheduler")
+    ours = load(unipc.ours).from_config(config, solver_p=load(predictor).from_config(config))
+    theirs = diffusers.UniPCMultistepScheduler.from_config(
+        config, solver_p=getattr(diffusers, reference_predictor).from_config(config)
+    )
+    parity.trajectory_parity(ours, theirs, steps, {})
+    plain = load(unipc.ours).from_config(config)
+    if steps > 1:  # one step of first-order DPM-Solver++ is UniP's own first step
+        assert not torch.allclose(final_sample(ours, steps), final_sample(plain, steps), atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="cannot be saved"):
+        ours.config_dict_for_saving()
