@@ -519,3 +519,17 @@ def test_dpmpp_2s_ancestral_noise(fw: Framework) -> None:
         fw.scheduler("dpmpp_2s_a", eta="a lot")
     with pytest.raises(ValueError, match="eta must be at least 0"):
         fw.scheduler("dpmpp_2s_a", eta=-1.0)
+
+
+def test_dpm_solver_combinations_the_reference_fails_on_are_clear_errors(fw: Framework) -> None:
+    with pytest.raises(ValueError, match="use_karras_sigmas and use_lu_lambdas cannot be combined"):
+        fw.scheduler("dpmpp_2m", use_karras_sigmas=True, use_lu_lambdas=True)
+    with pytest.raises(ValueError, match="final_sigmas_type='sigma_min'"):
+        fw.scheduler("dpmpp_2m", algorithm_type="dpmsolver")
+    with pytest.raises(ValueError, match="final_sigmas_type='sigma_min'"):
+        fw.scheduler("dpmpp_2s", algorithm_type="dpmsolver")
+    # The reference fails with an UnboundLocalError once a third-order step comes (5 steps or more).
+    sampler = fw.scheduler("dpmpp_2m", algorithm_type="sde-dpmsolver", final_sigmas_type="sigma_min", solver_order=3)
+    with pytest.raises(ValueError, match="no third-order update"):
+        denoise(sampler, 5)
+    assert torch.isfinite(denoise(sampler, 4)).all()  # 4 steps never reach third order
