@@ -18,6 +18,7 @@ import pytest
 import torch
 from difframe.errors import ConfigError
 from difframe.scheduling import Refused
+from difframe.tolerance import assert_trajectories_match
 
 REPO = Path(__file__).resolve().parents[3]
 if importlib.util.find_spec("difframe_plugin_lcm") is None:  # not installed in the shared environment
@@ -219,8 +220,8 @@ TESTED_ELSEWHERE = {
     "set_timesteps:device": "placement only (test_samplers.py moves schedules between devices)",
     "step:generator": "every stochastic case of test_parity.py runs with seeded generators",
     "interpolation_type": "only 'linear' is accepted; the other value is refused (see the table)",
-    "DPMSolverMultistepScheduler:variance_type": "the reference keeps 3 channels: test_dpm_solver_learned_variance",
-    "DPMSolverSinglestepScheduler:variance_type": "the reference keeps 3 channels: test_dpm_solver_learned_variance",
+    "DPMSolverMultistepScheduler:variance_type": "the reference keeps 3 channels: test_learned_variance",
+    "DPMSolverSinglestepScheduler:variance_type": "the reference keeps 3 channels: test_learned_variance",
     "UniPCMultistepScheduler:solver_p": "a sampler object, one from each library: test_unipc_with_another_predictor",
     "DEISMultistepScheduler:algorithm_type": "the reference offers only 'deis' (other solvers' names are aliases)",
     "DEISMultistepScheduler:solver_type": "the reference offers only 'logrho' (other solvers' names are aliases)",
@@ -342,24 +343,31 @@ def test_irrelevant_options_change_nothing_here_or_in_the_reference(counterpart:
             torch.testing.assert_close(changed, same, atol=0, rtol=0, msg=f"{cls.__name__}: {key} changes the result")
 
 
-@pytest.mark.parametrize("reference", ["DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"])
+def with_variance(x: torch.Tensor, t: Any) -> torch.Tensor:
+    """The stand-in model with a variance head: twice the channels, the variance in (0.1, 0.9) (valid both as a
+    variance and as learned_range's interpolation fraction)."""
+    mean = parity.model(x, t)
+    return torch.cat([mean, 0.5 + 0.4 * torch.tanh(mean)], dim=1)
+
+
+@pytest.mark.parametrize("steps", parity.STEPS)
 @pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
-def test_dpm_solver_learned_variance(reference: str, variance_type: str) -> None:
-    """A model that also predicts its variance (pixel-space, 3 channels, as the reference assumes): the solver uses
-    the mean channels only; ours keeps the sample's channel count, the reference the first 3."""
+@pytest.mark.parametrize("reference", ["DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"])
+def test_learned_variance(reference: str, variance_type: str, steps: int) -> None:
+    """A model that also predicts its variance: DDPM samples with it, DPM-Solver uses the mean channels only. The
+    samples have 3 channels (pixel space), as the reference's DPM-Solver assumes: it keeps the first 3 channels,
+    ours the first half, which is the same there."""
     (counterpart,) = (c for c in COUNTERPARTS if c.reference == reference)
-    ours = load(counterpart.ours).from_config(variance_type=variance_type)
-    theirs = getattr(diffusers, reference).from_config({"variance_type": variance_type})
+    config = {**SD, "variance_type": variance_type}
+    ours, theirs = load(counterpart.ours).from_config(config), getattr(diffusers, reference).from_config(config)
     for sampler in (ours, theirs):
-        sampler.set_timesteps(10)
-    x = y = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(0))
-    for t in ours.timesteps:
-        x = ours.step(torch.cat([parity.model(x, t), torch.full_like(x, 7.0)], dim=1), t, x).prev_sample
-        y = theirs.step(torch.cat([parity.model(y, t), torch.full_like(y, 7.0)], dim=1), t, y).prev_sample
-        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-6)
+        sampler.set_timesteps(steps)
+    sample = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    compared = assert_trajectories_match(ours, theirs, with_variance, sample, seed=42)
+    assert compared == len(theirs.timesteps)
     with pytest.raises(ValueError, match="twice the sample's 3 channels"):
         ours.set_timesteps(4)
-        ours.step(parity.model(x, 999), ours.timesteps[0], x)
+        ours.step(parity.model(sample, 999), ours.timesteps[0], sample)
 
 
 # --- the reference's other samplers, and the docs --------------------------------------------------------------
