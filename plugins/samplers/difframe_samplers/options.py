@@ -4,7 +4,8 @@ An option that is a parameter of the same method here (constructor, ``set_timest
 it changes the result as it does there, which ``tests/test_options.py`` checks against the reference. This table
 names the rest: **refused** (building the sampler with any value but the one that leaves it off is an error that
 gives the reason; a refused ``set_timesteps``/``step`` argument is not a parameter, so passing it is a TypeError)
-or **irrelevant** (why it has no meaning here). ``values``: only these values of an implemented option are refused.
+or **irrelevant** (accepted, so the usual configs load, but it changes nothing, here as in the reference: why).
+``values``: only these values of an implemented option are refused.
 
 docs/samplers.md shows this table; ``python -m difframe_samplers.options docs/samplers.md`` rewrites that section
 (it reads the reference's signatures, so it needs diffusers), and a test fails when the two disagree.
