@@ -31,6 +31,13 @@ def wait_until_running(url: str, min_step: int = 1, timeout: float = 300) -> dic
     raise AssertionError("no job started running")
 
 
+def wait_until_waiting(url: str, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while requests.get(url + "/api/v1/status", timeout=30).json()["waiting"] < count:
+        assert time.monotonic() < deadline, f"{count} jobs never waited"
+        time.sleep(0.02)
+
+
 def wait_until_idle(url: str, timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,10 +123,7 @@ def test_a_client_that_disconnects_leaves_no_work_behind(server):
     running = open_request(port, 1)
     wait_until_running(server.url)
     waiting = open_request(port, 2)
-    deadline = time.monotonic() + 60
-    while requests.get(server.url + "/api/v1/status", timeout=30).json()["waiting"] < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until_waiting(server.url, 1)
     waiting.close()
     running.close()
     status = wait_until_idle(server.url)
@@ -136,9 +140,10 @@ def test_a_batch_goes_on_for_the_clients_still_waiting(server, reference):
     before = {j["id"] for j in requests.get(server.url + "/api/v1/status", timeout=30).json()["recent"]}
     blocker = open_request(server.port, 1)
     wait_until_running(server.url)
-    leaving, staying = open_request(server.port, 21, steps=12), open_request(server.port, 22, steps=12)
-    while requests.get(server.url + "/api/v1/status", timeout=30).json()["waiting"] < 2:
-        time.sleep(0.02)
+    leaving = open_request(server.port, 21, steps=12)
+    wait_until_waiting(server.url, 1)  # so the queue holds them in this order
+    staying = open_request(server.port, 22, steps=12)
+    wait_until_waiting(server.url, 2)
     blocker.close()
     deadline = time.monotonic() + 300
     while True:
