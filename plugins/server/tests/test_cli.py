@@ -41,7 +41,9 @@ def test_ctrl_c_stops_the_server_cleanly_during_a_job():
             target=lambda: answer.update(r=requests.post(url + "/sdapi/v1/txt2img", json=payload, timeout=120))
         )
         client.start()
+        deadline = time.monotonic() + 120
         while not requests.get(url + "/api/v1/progress", timeout=5).json()["running"]:
+            assert time.monotonic() < deadline, "the job never started"
             time.sleep(0.05)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)

@@ -80,7 +80,9 @@ def test_a_full_queue_answers_503_with_retry_after(engine, framework):
         wait_until_running(running.url)
         with ThreadPoolExecutor(6) as pool:  # one fits beside the running job, the rest are refused
             burst = [pool.submit(txt2img, running.url, 200 + i, 1) for i in range(6)]
+            deadline = time.monotonic() + 120
             while requests.get(running.url + "/api/v1/status", timeout=30).json()["counts"].get("rejected", 0) < 5:
+                assert time.monotonic() < deadline, "the burst was not refused"
                 time.sleep(0.02)
             requests.post(running.url + "/sdapi/v1/interrupt", timeout=30)
             responses = [f.result() for f in burst]
