@@ -48,6 +48,7 @@ SD_SCHEDULE = {
     "skip_prk_steps": True,
     "steps_offset": 1,
     "clip_sample": False,
+    "timestep_spacing": "leading",  # as the SD 1.x / 2.x releases' scheduler configs (via the PNDM/DDIM default)
 }
 PART_PREFIXES = {"unet": (UNET_PREFIX,), "vae": (VAE_PREFIX,), "text_encoder": (CLIP_PREFIX, OPENCLIP_PREFIX)}
 BUILT_IN_TOKENIZER = "difframe_shapes_model:difframe-shapes/tokenizer"  # the full CLIP vocabulary, shipped offline

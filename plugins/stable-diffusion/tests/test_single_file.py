@@ -361,6 +361,21 @@ def test_sd15_architecture_is_inferred_from_shapes(tmp_path):
         make_plan(header, None, "clip")
 
 
+@pytest.mark.parametrize("sampler", ["dpmpp", "euler", "ddim", "pndm"])
+def test_family_noise_schedule_is_the_releases(framework, tiny_model, sampler):
+    """A family's sampler settings equal those a SD 1.5 folder's scheduler_config.json gives (timestep spacing
+    included: DPM++'s own default would differ)."""
+    import json
+
+    from difframe_stable_diffusion.single_file import SD_SCHEDULE
+
+    folder = json.loads((tiny_model / "scheduler" / "scheduler_config.json").read_text())
+    ours = dict(framework.scheduler(sampler, {**SD_SCHEDULE, "prediction_type": "epsilon"}).config)
+    theirs = dict(framework.scheduler(sampler, {k: v for k, v in folder.items() if not k.startswith("_")}).config)
+    ours.pop("clip_sample", None), theirs.pop("clip_sample", None)  # the pipeline turns legacy clip_sample off
+    assert ours == theirs
+
+
 def test_sd2_inferred_v_prediction_is_said_and_can_be_named(tmp_path):
     from difframe_stable_diffusion.single_file import make_plan, text_layout
 
