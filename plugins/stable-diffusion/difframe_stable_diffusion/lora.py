@@ -315,6 +315,17 @@ def remove_adapter(model: nn.Module, adapter: str) -> None:
             del model.peft_config
 
 
+def _mark_changed(weight: torch.Tensor) -> None:
+    """peft merges through ``weight.data``, which leaves the parameter's version counter as it was; bump it, so that
+    whatever caches a form of the weight keyed on it (prepacked convolutions) rebuilds."""
+    increment = getattr(torch.autograd.graph, "increment_version", None)
+    if increment is not None:
+        increment(weight)
+    else:
+        with torch.no_grad():
+            weight.add_(0)
+
+
 def _is_lora_layer(module: nn.Module) -> bool:
     from peft.tuners.lora import LoraLayer
 
@@ -491,6 +502,7 @@ class LoraMixin:
                     layer.set_scale(name, weight * lora_scale)
                 layer.merge(adapter_names=present)
                 layer.scaling.update(scales)
+                _mark_changed(base.weight)
         state["fused_with"] = {"adapters": names, "lora_scale": lora_scale}
 
     @_exclusive

@@ -225,3 +225,32 @@ def test_full_sd15_architecture_parity(h, tmp_path):
         a = ours.unet(sample, torch.tensor(500), text_theirs)
         b = theirs.unet(sample, torch.tensor(500), text_theirs).sample
     assert (a - b).abs().max() <= TOL * max(1.0, float(b.abs().max()))
+
+
+def test_fusing_reaches_prepacked_convolutions():
+    """The built-in model runs its convolutions from weights reordered once (prepacking); fusing a LoCon into them
+    must be seen (peft merges through .data, which a cache keyed on the weight's version would miss)."""
+    from difframe import Framework
+
+    pipe = Framework().build("stable-diffusion")
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name, module in pipe.unet.named_modules():
+        if isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
+            key = "lora_unet_" + name.replace(".", "_")
+            state[f"{key}.lora_down.weight"] = torch.randn(2, module.in_channels, 3, 3, generator=generator) * 0.05
+            state[f"{key}.lora_up.weight"] = torch.randn(module.out_channels, 2, 1, 1, generator=generator) * 0.05
+
+    def image():
+        return pipe("a red circle on a blue background", seed=1, num_inference_steps=4, output_type="np").images
+
+    base = image()
+    pipe.load_lora_weights(state, adapter_name="locon")
+    unfused = image()
+    pipe.fuse_lora()
+    fused = image()
+    pipe.unfuse_lora()
+    assert np.abs(unfused - base).max() > 0.05
+    assert_close(fused, unfused)
+    assert np.array_equal(image(), unfused)
