@@ -190,3 +190,17 @@ def test_single_file_models_record_the_web_ui_model_hash(h, framework, tiny_mode
     pipe = h.build(framework, checkpoint, config=str(tiny_model))
     params = generate(pipe, "a cat").parameters[0]
     assert params.extra["Model hash"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:10]
+
+
+def test_calls_with_and_without_tags_from_several_threads(h, framework, tiny_model, lora_dir):
+    """A call with <lora:...> changes shared layers: it runs alone, and no other call sees its LoRA."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = h.build(framework, tiny_model, lora_dir=lora_dir)
+    prompts = ["a cat <lora:glow:1>", "a cat", "a cat <lora:inkwash:0.5>", "a cat"] * 2
+    expected = [generate(pipe, p).images for p in prompts[:4]] * 2
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda p: generate(pipe, p).images, prompts))
+    for got, want in zip(results, expected):
+        assert np.array_equal(got, want)
+    assert pipe.lora_weights == {}
