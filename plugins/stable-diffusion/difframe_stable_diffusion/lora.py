@@ -176,7 +176,10 @@ def parse_lora(
             unmatched.append(parts["down"][0])
             continue
         if kohya:
-            candidates = [flat[component][a] for a in _alias(component, raw, "_") if a in flat[component]]
+            spellings = _alias(component, raw, "_")
+            if component == "unet":
+                spellings.append(original_layout_name(raw, models["unet"]))
+            candidates = [flat[component][a] for a in spellings if a in flat[component]]
         else:
             candidates = [a for a in _alias(component, raw) if a in modules[component]]
         if not candidates:
@@ -196,10 +199,47 @@ def parse_lora(
         total = len(unmatched) + len(updates)
         raise ModelLoadError(
             f"{source}: {len(unmatched)} of {total} LoRA layers match no layer of this pipeline's "
-            f"{' / '.join(models)}; first: {', '.join(unmatched[:5])}. Is it a LoRA for another model family, or "
-            "for an original-layout (input_blocks/output_blocks) UNet?"
+            f"{' / '.join(models)}; first: {', '.join(unmatched[:5])}. Is it a LoRA for another model family "
+            "(SD 1/2 UNet layers are named down_blocks_... or input_blocks_...)?"
         )
     return updates
+
+
+_RESNET_PARTS = {"in_layers_2": "conv1", "out_layers_3": "conv2", "emb_layers_1": "time_emb_proj",
+                 "skip_connection": "conv_shortcut"}  # fmt: skip
+_TOP_LEVEL = {"input_blocks_0_0": "conv_in", "time_embed_0": "time_embedding_linear_1",
+              "time_embed_2": "time_embedding_linear_2", "out_2": "conv_out"}  # fmt: skip
+
+
+def original_layout_name(flat: str, unet: nn.Module) -> str:
+    """A kohya name in the original (LDM) UNet layout -> the same layer's name here, underscored:
+    ``input_blocks_4_1_proj_in`` -> ``down_blocks_1_attentions_0_proj_in``. Other names come back unchanged."""
+    for old, new in _TOP_LEVEL.items():
+        if flat == old or flat.startswith(old + "_"):
+            return new + flat[len(old) :]
+    per_block = int(getattr(getattr(unet, "config", None), "layers_per_block", 2) or 2) + 1
+    middle = re.fullmatch(r"middle_block_(\d)_(.+)", flat)
+    if middle:
+        part = {"0": "resnets_0", "1": "attentions_0", "2": "resnets_1"}.get(middle.group(1))
+        rest = _RESNET_PARTS.get(middle.group(2), middle.group(2))
+        return f"mid_block_{part}_{rest}" if part else flat
+    match = re.fullmatch(r"(input_blocks|output_blocks)_(\d+)_(\d+)_(.+)", flat)
+    if not match:
+        return flat
+    kind, index, inner, rest = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
+    rest = _RESNET_PARTS.get(rest, rest)
+    if kind == "input_blocks":
+        block, layer = (index - 1) // per_block, (index - 1) % per_block
+        if rest == "op":
+            return f"down_blocks_{block}_downsamplers_0_conv"
+        return f"down_blocks_{block}_{('resnets', 'attentions')[min(inner, 1)]}_{layer}_{rest}"
+    block, layer = index // per_block, index % per_block
+    if inner == 0:
+        return f"up_blocks_{block}_resnets_{layer}_{rest}"
+    names = {n for n, _ in unet.named_modules()}
+    if inner == 1 and f"up_blocks.{block}.attentions.{layer}" in names:
+        return f"up_blocks_{block}_attentions_{layer}_{rest}"
+    return f"up_blocks_{block}_upsamplers_0_{rest}"
 
 
 def _parse_key(key: str) -> tuple[str, str, str, bool] | None:

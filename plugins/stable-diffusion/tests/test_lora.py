@@ -178,9 +178,9 @@ def test_bad_files_are_refused_before_anything_changes(h, framework, tiny_model,
     with pytest.raises(ModelLoadError, match=r"attn2_to_k.*\(4, 768\).*another base model"):
         pipe.load_lora_weights(save(other_base, tmp_path / "other.safetensors"))
 
-    unmatched = {**good, "lora_unet_input_blocks_1_1_proj_in.lora_down.weight": torch.zeros(4, 32, 1, 1)}
-    unmatched["lora_unet_input_blocks_1_1_proj_in.lora_up.weight"] = torch.zeros(32, 4, 1, 1)
-    with pytest.raises(ModelLoadError, match="1 of .* match no layer.*lora_unet_input_blocks_1_1_proj_in"):
+    unmatched = {**good, "lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32, 1, 1)}
+    unmatched["lora_unet_down_blocks_7_attentions_0_proj_in.lora_up.weight"] = torch.zeros(32, 4, 1, 1)
+    with pytest.raises(ModelLoadError, match="1 of .* match no layer.*lora_unet_down_blocks_7_attentions_0_proj_in"):
         pipe.load_lora_weights(save(unmatched, tmp_path / "unmatched.safetensors"))
 
     sdxl = {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 32)}
@@ -254,3 +254,54 @@ def test_fusing_reaches_prepacked_convolutions():
     assert np.abs(unfused - base).max() > 0.05
     assert_close(fused, unfused)
     assert np.array_equal(image(), unfused)
+
+
+RESNET_LDM = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1"}
+RESNET_LDM["conv_shortcut"] = "skip_connection"
+
+
+def original_layout(name: str, per_block: int = 3) -> str | None:
+    """Our UNet layer name -> its name in the original (LDM) layout, for resnets and attentions."""
+    import re
+
+    if ".resnets." in name:
+        last = name.rsplit(".", 1)[1]
+        if last not in RESNET_LDM:
+            return None
+        name = name[: -len(last)] + RESNET_LDM[last]
+    if match := re.fullmatch(r"down_blocks\.(\d)\.(resnets|attentions)\.(\d)\.(.+)", name):
+        block, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
+        return f"input_blocks.{per_block * block + layer + 1}.{int(kind == 'attentions')}.{rest}"
+    if match := re.fullmatch(r"up_blocks\.(\d)\.(resnets|attentions)\.(\d)\.(.+)", name):
+        block, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
+        return f"output_blocks.{per_block * block + layer}.{int(kind == 'attentions')}.{rest}"
+    if match := re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d)\.(.+)", name):
+        index = {("resnets", "0"): 0, ("attentions", "0"): 1, ("resnets", "1"): 2}[(match[1], match[2])]
+        return f"middle_block.{index}.{match[3]}"
+    return None
+
+
+def test_kohya_files_in_the_original_unet_layout(h, framework, tiny_model, tmp_path):
+    """lora_unet_input_blocks_4_1_proj_in and the like (the original layout's names) reach the same layers as
+    lora_unet_down_blocks_1_attentions_0_proj_in: the same images, bit for bit."""
+    pipe = h.build(framework, tiny_model)
+    state = random_lora(pipe, kohya=True, seed=6)
+    renamed = {}
+    for key, tensor in state.items():
+        module, _, suffix = key.partition(".")
+        if module.startswith("lora_unet_"):
+            dotted = next(n for n, _ in pipe.unet.named_modules() if "lora_unet_" + n.replace(".", "_") == module)
+            old = original_layout(dotted)
+            if old is None:
+                continue
+            module = "lora_unet_" + old.replace(".", "_")
+        renamed[f"{module}.{suffix}"] = tensor
+    kept = {k: v for k, v in state.items() if not k.startswith("lora_unet_") or any(
+        k.startswith("lora_unet_" + n.replace(".", "_") + ".") for n, _ in pipe.unet.named_modules()
+        if original_layout(n) is not None)}  # fmt: skip
+    assert any(k.startswith("lora_unet_middle_block_1_") for k in renamed)
+    pipe.load_lora_weights(save(renamed, tmp_path / "ldm.safetensors"), adapter_name="ldm")
+    ours = pipe("a cat", seed=2, num_inference_steps=STEPS, output_type="np").images
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(save(kept, tmp_path / "diffusers.safetensors"), adapter_name="diffusers")
+    assert np.array_equal(ours, pipe("a cat", seed=2, num_inference_steps=STEPS, output_type="np").images)
