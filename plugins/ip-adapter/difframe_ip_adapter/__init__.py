@@ -1,0 +1,1 @@
+"""IP-Adapter for difframe: image prompts through an image encoder and decoupled cross-attention."""
