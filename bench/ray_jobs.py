@@ -4,10 +4,11 @@ Ray costs.
 Each engine first runs a warm-up (one job per worker: workers start and build their pipeline), then a timed run of
 --images jobs with the workers warm. Throughput is images per second of the timed run, written to disk with the
 manifest, as a user's run does. Start-up: ray.init of a local instance, then worker start plus model build plus
-the first image, then ray.shutdown. The Ray runs' PNGs are compared byte for byte with the local engine's.
+the first image, then ray.shutdown. Every run's PNGs are compared byte for byte with the local engine's at 1 thread.
 Also: the driver's cost of writing one image (atomic PNG write plus manifest line) at 64x64 and at 512x512.
 
-Run (2-core machine; others' work would skew it): flock /tmp/heavy.lock .venv/bin/python bench/ray_jobs.py
+Run: flock /tmp/heavy.lock .venv/bin/python bench/ray_jobs.py (others' work on a shared machine skews the figures,
+so the load average is printed with them).
 Prints a markdown table for docs/benchmarks.md ("## Job files on Ray").
 """
 
@@ -59,7 +60,9 @@ def compare(images: dict[str, bytes], reference: dict[str, bytes]) -> str:
         )
         for name, data in reference.items()
     )
-    return f"{same}/{len(reference)} PNGs byte-identical to local, largest pixel difference {largest}/255"
+    if same == len(reference):
+        return f"all {same} byte-identical"
+    return f"{same}/{len(reference)} byte-identical, the others within {largest}/255"
 
 
 def write_cost(size: int, repeats: int = 20) -> float:
@@ -93,23 +96,25 @@ def main() -> None:
     from difframe_ray.engine import RayEngine
     from difframe_stable_diffusion.jobs.runner import LocalEngine
 
-    rows: list[tuple[str, str, str]] = []
+    load_before = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="ray-jobs-bench."))
+    rates: dict[str, float] = {}
 
-    local = LocalEngine(threads_per_worker=2)
+    single = LocalEngine(threads_per_worker=1)
     start = time.perf_counter()
-    timed_run(local, 1, root / "local-warmup")
+    timed_run(single, 1, root / "local1-warmup")
     local_load = time.perf_counter() - start
-    local_rate, local_images = timed_run(local, args.images, root / "local")
-    rows.append(("local engine, 2 threads", f"{local_rate:.2f}", "1.00"))
-    batched_rate, _ = timed_run(local, args.images, root / "local-batched", batch_size=4)
-    rows.append(
-        (
-            "local engine, 2 threads, --batch-size 4 (not byte-exact)",
-            f"{batched_rate:.2f}",
-            f"{batched_rate / local_rate:.2f}",
-        )
-    )
+    rates["local engine, 1 thread"], reference = timed_run(single, args.images, root / "local1")
+    notes = {"local engine, 1 thread": "the reference for the byte comparisons"}
+
+    double = LocalEngine(threads_per_worker=2)
+    timed_run(double, 1, root / "local2-warmup")
+    name = "local engine, 2 threads"
+    rates[name], images = timed_run(double, args.images, root / "local2")
+    notes[name] = compare(images, reference)
+    name = "local engine, 2 threads, --batch-size 4"
+    rates[name], images = timed_run(double, args.images, root / "local2-batched", batch_size=4)
+    notes[name] = compare(images, reference)
 
     start = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
@@ -120,37 +125,34 @@ def main() -> None:
         start = time.perf_counter()
         timed_run(engine, workers, root / f"ray{workers}-warmup")
         ready[workers] = time.perf_counter() - start
-        rate, images = timed_run(engine, args.images, root / f"ray{workers}")
+        name = f"Ray, {workers} worker(s) x 1 thread"
+        rates[name], images = timed_run(engine, args.images, root / f"ray{workers}")
+        notes[name] = compare(images, reference)
         engine.close()
-        rows.append(
-            (
-                f"Ray, {workers} worker(s) x 1 thread ({compare(images, local_images)})",
-                f"{rate:.2f}",
-                f"{rate / local_rate:.2f}",
-            )
-        )
     start = time.perf_counter()
     ray.shutdown()
     ray_shutdown = time.perf_counter() - start
 
     print(
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-        f"{args.images} images of 64x64, {SETTINGS['steps']} DPM++ 2M steps, built-in model\n"
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end, OMP_WAIT_POLICY "
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; {args.images} images of 64x64, {SETTINGS['steps']} DPM++ 2M "
+        "steps, built-in model\n"
     )
-    print("| engine | images/s | vs local |\n|---|---|---|")
-    for row in rows:
-        print(f"| {' | '.join(row)} |")
-    print("\n| start-up | seconds |\n|---|---|")
-    print(f"| local engine: build the pipeline + first image | {local_load:.1f} |")
+    baseline = rates["local engine, 2 threads"]
+    print("| engine | images/s | / local 2 threads | PNGs against local 1 thread |\n|---|---:|---:|---|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:.2f} | {rate / baseline:.2f} | {notes[name]} |")
+    print("\n| start-up | seconds |\n|---|---:|")
+    print(f"| local engine (1 thread): build the pipeline + first image | {local_load:.1f} |")
     print(f"| ray.init (start a local Ray instance) | {ray_init:.1f} |")
     for workers, seconds in ready.items():
         print(f"| Ray, {workers} worker(s): start workers + build the pipeline + first image each | {seconds:.1f} |")
     print(f"| ray.shutdown | {ray_shutdown:.1f} |")
-    print("\n| driver: write one image (atomic PNG + manifest line) | ms |\n|---|---|")
+    print("\n| driver: write one image (atomic PNG + manifest line) | ms |\n|---|---:|")
     for size in (64, 512):
-        print(
-            f"| {size}x{size} (incompressible pixels) | {statistics.median(write_cost(size) for _ in range(3)):.2f} |"
-        )
+        cost = statistics.median(write_cost(size) for _ in range(3))
+        print(f"| {size}x{size} (incompressible pixels) | {cost:.2f} |")
 
 
 if __name__ == "__main__":
