@@ -198,6 +198,8 @@ def test_command_line(tmp_path, capsys):
     assert main(common) == 2
     assert "line 2: unknown option 'stepz'" in capsys.readouterr().err
     assert not out.exists()  # nothing started
+    assert main([*common, "a prompt", "-b", "2"]) == 2  # options a job run would not use are refused
+    assert "a prompt, --batch cannot be used with it" in capsys.readouterr().err
     job_file.write_text('{"prompt": "a red circle", "seed": 5}\n{"prompt": "a blue square", "seed": 6, "size": 40}\n')
     assert main([*common, "--threads-per-worker", "1"]) == 1
     err = capsys.readouterr().err

@@ -14,8 +14,16 @@ from .outputs import OutputFolderError
 from .runner import EngineError, run_jobs
 from .spec import JobFileError, load_jobs
 
+# the generate options a job run uses; any other one given with --prompts is refused, never ignored
+USED = {
+    "prompts", "engine", "address", "workers", "threads_per_worker", "gpus_per_worker", "batch_size", "out",
+    "no_progress", "device", "memory_budget", "seed", "negative", "steps", "scheduler", "guidance",
+    "guidance_rescale", "size", "clip_skip", "model", "dtype", "attention", "func", "generate_parser",
+}  # fmt: skip
+
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(generate_parser=parser)
     group = parser.add_argument_group("job files (docs/ray.md)")
     group.add_argument("--prompts", help="job file: one JSON object per line (prompt, seed, steps, size, ...)")
     group.add_argument("--engine", default="local", help="where the jobs run: local (default, this process) or ray")
@@ -45,19 +53,24 @@ def _defaults(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_job_file(args: argparse.Namespace) -> int:
-    conflicting = [
-        flag
-        for flag, used in (
-            ("a prompt", args.prompt),
-            ("--from-png", args.from_png),
-            ("--image", args.image),
-            ("--cpu-offload", args.cpu_offload),
-        )
-        if used
+def _unsupported(args: argparse.Namespace) -> list[str]:
+    """Options given on the command line that a job run does not use."""
+    defaults = vars(args.generate_parser.parse_known_args([])[0])
+    return [
+        "a prompt" if name == "prompt" else "--" + name.replace("_", "-")
+        for name, value in vars(args).items()
+        if name not in USED and name in defaults and value != defaults[name]
     ]
-    if conflicting or args.batch != 1:
-        print(f"error: --prompts runs a job file; drop {', '.join(conflicting) or '--batch'}", file=sys.stderr)
+
+
+def run_job_file(args: argparse.Namespace) -> int:
+    unsupported = _unsupported(args)
+    if unsupported:
+        print(
+            f"error: --prompts runs a job file; {', '.join(unsupported)} cannot be used with it (put per-image "
+            "settings on the job lines; see docs/ray.md)",
+            file=sys.stderr,
+        )
         return 2
     try:
         jobs = load_jobs(args.prompts, defaults=_defaults(args), seed=args.seed)
