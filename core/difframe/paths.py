@@ -35,10 +35,11 @@ def contained(root: Path, relative: str | os.PathLike[str], *, named_by: object)
     """``root / relative``, checked to resolve inside ``root``; ``named_by`` is the file or option that names it."""
     text = os.fspath(relative)
     path = root / text
-    if Path(text).is_absolute() or ".." in Path(text).parts or not is_inside(path, allowed_roots(root)):
-        where = "is a symlink that leads" if not Path(text).is_absolute() and ".." not in Path(text).parts else "is"
+    escapes = Path(text).is_absolute() or ".." in Path(text).parts
+    if escapes or not is_inside(path, allowed_roots(root)):
+        how = "leads" if escapes else "is a symlink that leads"
         raise ModelLoadError(
-            f"{named_by} names {text!r}, which {where} outside the model folder {root}: refused, since loading it "
+            f"{named_by} names {text!r}, which {how} outside the model folder {root}: refused, since loading it "
             "would read files the model does not own. Put the file inside the model folder (a real file, not a "
             "link out of it)."
         )
