@@ -101,15 +101,23 @@ class RayEngine:
     def _worker_count(self) -> int:
         import ray
 
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        if self.workers is None:
-            return max(1, cpus // self.threads)
-        if self.workers * self.threads > cpus:
+        resources = ray.cluster_resources()
+        cpus, gpus = int(resources.get("CPU", 0)), resources.get("GPU", 0.0)
+        count = self.workers
+        if count is None:
+            fit = cpus // self.threads
+            count = max(1, min(fit, int(gpus // self.gpus)) if self.gpus else fit)
+        if count * self.threads > cpus:
             raise EngineError(
-                f"{self.workers} workers x {self.threads} threads need {self.workers * self.threads} CPUs; the Ray "
-                f"cluster has {cpus}: use fewer --workers or --threads-per-worker, or add nodes"
+                f"{count} workers x {self.threads} threads need {count * self.threads} CPUs; the Ray cluster has "
+                f"{cpus}: use fewer --workers or --threads-per-worker, or add nodes"
             )
-        return self.workers
+        if count * self.gpus > gpus:
+            raise EngineError(
+                f"{count} workers x {self.gpus:g} GPUs need {count * self.gpus:g} GPUs; the Ray cluster has "
+                f"{gpus:g}: use fewer --workers or --gpus-per-worker, or add nodes with GPUs"
+            )
+        return count
 
     def _start(self, slot: int) -> Any:
         import ray

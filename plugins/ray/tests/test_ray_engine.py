@@ -126,3 +126,5 @@ def test_ctrl_c_keeps_finished_images_and_resumes(ray_engine, local_engine, loca
 def test_too_many_workers_for_the_cluster(local_ray, tmp_path):
     with pytest.raises(EngineError, match="3 workers x 1 threads need 3 CPUs; the Ray cluster has 2"):
         run_jobs(make_jobs(1), RayEngine(workers=3), tmp_path, progress=False)
+    with pytest.raises(EngineError, match="1 workers x 1 GPUs need 1 GPUs; the Ray cluster has 0"):
+        run_jobs(make_jobs(1), RayEngine(gpus_per_worker=1), tmp_path, progress=False)
