@@ -168,7 +168,10 @@ class TextualInversionMixin:
     def embeddings_in(self, text: str) -> dict[str, str]:
         """Token -> short hash of the loaded embeddings that ``text`` uses (for "TI hashes")."""
         loaded = self._ti_state()["loaded"]
-        return {t: e.short_hash or "" for t, e in loaded.items() if t in text}
+        if not loaded:
+            return {}
+        used = set(self.tokenizer.tokenize(text))  # an added token comes out whole; "pinkstyle" does not use "ink"
+        return {t: e.short_hash or "" for t, e in loaded.items() if t in used}
 
 
 def _token_names(embedding: Embedding) -> list[str]:
