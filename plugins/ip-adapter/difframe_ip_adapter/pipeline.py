@@ -161,14 +161,15 @@ class ImagePrompter:
         num_images_per_prompt: int,
         do_classifier_free_guidance: bool,
     ) -> list[torch.Tensor]:
-        """As the reference pipelines' method of that name: per adapter (images_per_prompt [x2 with guidance, uncond
-        first], images, ...), for reuse as ``ip_adapter_image_embeds``."""
+        """As the reference pipelines' method of that name: per adapter (rows x images_per_prompt [x2 with guidance,
+        uncond first], images, ...), for reuse as ``ip_adapter_image_embeds``. Rows: 1, or one per prompt when the
+        adapter's entry is a list with a list of images per prompt."""
         cond, uncond = self._embeds_per_adapter(ip_adapter_image, ip_adapter_image_embeds, do_classifier_free_guidance)
         out = []
         for c, u in zip(cond, uncond or cond):
-            c = c[:1].repeat_interleave(num_images_per_prompt, dim=0)
+            c = c.repeat_interleave(num_images_per_prompt, dim=0)  # rows: 1, or one per prompt given
             if do_classifier_free_guidance:
-                c = torch.cat([u[:1].repeat_interleave(num_images_per_prompt, dim=0), c])
+                c = torch.cat([u.repeat_interleave(num_images_per_prompt, dim=0), c])
             out.append(c.to(device))
         return out
 
@@ -267,8 +268,8 @@ class ImagePrompter:
                     )
                 if tuple(mask.shape[2:]) != (height, width):
                     raise ValueError(
-                        f"ip_adapter_masks[{i}] is {mask.shape[2]}x{mask.shape[3]} but the images are {height}x{width}: "
-                        "resize the masks to the image size"
+                        f"ip_adapter_masks[{i}] is {mask.shape[2]}x{mask.shape[3]} but the images are "
+                        f"{height}x{width}: resize the masks to the image size"
                     )
         with torch.no_grad():
             cond_tokens = project_image_embeds(self.adapters, cond)

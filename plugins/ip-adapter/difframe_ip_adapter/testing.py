@@ -57,7 +57,7 @@ def published_state(
             state |= {f"{p}.1.1.weight": rand(4 * hidden, hidden), f"{p}.1.3.weight": rand(hidden, 4 * hidden)}
     reference = UNet2DConditionModel(**unet_config)
     number = 1
-    for name, processor_module in _reference_cross_attention(reference):
+    for _name, processor_module in _reference_cross_attention(reference):
         inner = processor_module.to_k.weight.shape[0]
         state[f"ip_adapter.{number}.to_k_ip.weight"] = rand(inner, cross)
         state[f"ip_adapter.{number}.to_v_ip.weight"] = rand(inner, cross)
@@ -71,3 +71,46 @@ def _reference_cross_attention(unet):
         name = key.removesuffix(".processor")
         if name.endswith("attn2"):
             yield name, modules[name]
+
+
+VISION_TINY = dict(
+    hidden_size=IMAGE_HIDDEN_DIM,
+    projection_dim=IMAGE_EMBED_DIM,
+    intermediate_size=37,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    image_size=32,
+    patch_size=8,
+)
+
+
+def write_adapter_folder(
+    folder, unet_config: dict, kinds: tuple[str, ...] = ("plain",), seed: int = 0, vision: dict | None = None
+):
+    """An adapter repository as IP-Adapter publishes it: models/ip-adapter-<kind>.safetensors and
+    models/image_encoder (a CLIPVisionModelWithProjection, random weights)."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    models = Path(folder) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    for index, kind in enumerate(kinds):
+        save_file(published_state(unet_config, kind, seed + index), models / f"ip-adapter-{kind}.safetensors")
+    torch.manual_seed(seed)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**(vision or VISION_TINY))).eval().save_pretrained(
+        models / "image_encoder"
+    )
+    return Path(folder)
+
+
+def colour_image(size: int = 32, seed: int = 0):
+    """A deterministic RGB PIL image with structure."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    array = np.clip(np.stack([x, y, (x + y) / 2], axis=-1) * 0.8 + rng.random((size, size, 3)) * 0.2, 0, 1)
+    return Image.fromarray((array * 255).astype("uint8"))

@@ -37,6 +37,7 @@ from .batching import (
     plan_seeds,
 )
 from .concurrency import ActiveCalls, CallGate, CallState
+from .image_prompts import ImagePromptsMixin
 from .metadata import GenerationParameters, png_info
 from .numerics import FiniteWatch, check_decoded
 from .request import (
@@ -139,7 +140,7 @@ class Chunk:
         return self.stop - self.start
 
 
-class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
+class StableDiffusionBase(ImagePromptsMixin, SingleFileMixin, DiffusionPipeline):
     """Shared base of the Stable Diffusion pipelines (components named as in the shared model layout)."""
 
     layout_name: ClassVar[tuple[str, str] | None] = ("diffusers", "StableDiffusionPipeline")
@@ -715,6 +716,7 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
         if watch is not None:
             watch.steps = len(timesteps)
             watch.record(-1, None, "starting latents", latents, chunk.size)
+        chunk_kwargs = self.chunk_attention_kwargs(chunk, cross_attention_kwargs)  # its rows of image prompts
         self._activate(self.unet)
         for i, t in enumerate(timesteps):
             if chunk.call is not None and chunk.call.interrupted:
@@ -724,7 +726,7 @@ class StableDiffusionBase(SingleFileMixin, DiffusionPipeline):
             if model_extra is not None:
                 model_input = torch.cat([model_input, model_extra], dim=1)
             noise_pred = self._run(
-                "unet", self.unet, self.unet, model_input, t, embeds, cross_attention_kwargs=cross_attention_kwargs
+                "unet", self.unet, self.unet, model_input, t, embeds, cross_attention_kwargs=chunk_kwargs
             )
             if watch is not None:
                 watch.record(i, t, "UNet output", noise_pred, chunk.size)

@@ -44,6 +44,9 @@ class StableDiffusionImg2ImgPipeline(NetworksMixin, StableDiffusionBase):
         callback_on_step_end: Any = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
         memory_budget: int | str | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        ip_adapter_masks: list[torch.Tensor | None] | None = None,
     ) -> StableDiffusionOutput:
         prompts, negatives, count = self._check_common(
             prompt,
@@ -71,6 +74,10 @@ class StableDiffusionImg2ImgPipeline(NetworksMixin, StableDiffusionBase):
             width = default_w if width is None else width
         self.check_size(height, width)
         pixels = preprocess_images(images, height, width)
+        cross_attention_kwargs = self.image_prompt_kwargs(  # IP-Adapter (docs/ip-adapter.md)
+            cross_attention_kwargs, ip_adapter_image, ip_adapter_image_embeds, ip_adapter_masks, count=count,
+            num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale, height=height, width=width,
+        )  # fmt: skip
         return self._generate(
             prompts=prompts,
             negatives=negatives,

@@ -36,6 +36,9 @@ class StableDiffusionPipeline(NetworksMixin, StableDiffusionBase):
         callback_on_step_end: Any = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
         memory_budget: int | str | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        ip_adapter_masks: list[torch.Tensor | None] | None = None,
     ) -> StableDiffusionOutput:
         """Generate images. ``seed=s`` gives image i the seed s+i; ``seeds=[...]`` gives each image its own.
 
@@ -57,6 +60,10 @@ class StableDiffusionPipeline(NetworksMixin, StableDiffusionBase):
         )
         height = self.default_size() if height is None else height  # 0 is an error, not the default
         width = self.default_size() if width is None else width
+        cross_attention_kwargs = self.image_prompt_kwargs(  # IP-Adapter (docs/ip-adapter.md)
+            cross_attention_kwargs, ip_adapter_image, ip_adapter_image_embeds, ip_adapter_masks, count=count,
+            num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale, height=height, width=width,
+        )  # fmt: skip
         return self._generate(
             prompts=prompts,
             negatives=negatives,
