@@ -78,7 +78,7 @@ class OpenVINOBackend:
         for name, module in models.items():
             if module is not None and not isinstance(module, nn.Module):
                 raise ConfigError(f"the openvino backend converts torch models; {name} is a {type(module).__name__}")
-            if isinstance(module, nn.Module):
+            if isinstance(module, nn.Module) and name != "text_encoder":
                 _check_runnable(module, name)
                 _unpack_convolutions(module)
         if isinstance(models.get("unet"), nn.Module):
@@ -94,7 +94,9 @@ class OpenVINOBackend:
             core, module, label=label, example=example, dynamic=dynamic, config=self.config, cache_dir=self.cache_dir
         )
         self.startup.append(startup)
-        return Graph(compiled, startup)
+        graph = Graph(compiled, startup)
+        graph.weights = weights_fingerprint(module)
+        return graph
 
     def _apply_unet(self, core: ov.Core, unet: nn.Module) -> None:
         config = unet.config
@@ -121,7 +123,7 @@ class OpenVINOBackend:
         graph = self._compile(core, decoder.eval(), "vae.decoder", (torch.randn(2, channels, 8, 12),), dynamic)
 
         def forward(self: nn.Module, z: torch.Tensor) -> torch.Tensor:
-            _check_runnable(self, "vae.decoder")
+            _check_current(self, graph, "vae.decoder")
             return graph(z.float())[0].to(z.dtype)
 
         decoder.forward = types.MethodType(forward, decoder)
@@ -181,7 +183,7 @@ def _unet_forward(graph: Graph) -> Any:
                 f"the openvino backend's compiled UNet takes no {', '.join(refused)}; build without "
                 "backend='openvino' to use them"
             )
-        _check_runnable(self, "unet")
+        _check_current(self, graph, "unet")
         batch = sample.shape[0]
         t = timestep if torch.is_tensor(timestep) else torch.tensor([timestep])
         t = t.reshape(-1).float()
@@ -210,6 +212,7 @@ def _text_forward(graph: Graph) -> Any:
         unexpected = sorted(k for k, v in kwargs.items() if v is not None)
         if unexpected:
             raise ConfigError(f"the openvino backend's compiled text encoder takes no {', '.join(unexpected)}")
+        _check_current(self, graph, "text_encoder", inner_hooks=False)
         last, pooled, states = graph(input_ids.long())
         dtype = self.dtype
         return BaseModelOutputWithPooling(
@@ -235,6 +238,26 @@ def _check_runnable(module: nn.Module, label: str) -> None:
             f"the openvino backend runs {label} as a compiled graph, which would skip {'; '.join(found[:3])}"
             + (f" (and {len(found) - 3} more)" if len(found) > 3 else "")
             + ". Remove them, or build without backend='openvino'."
+        )
+
+
+def weights_fingerprint(module: nn.Module) -> int:
+    """Changes when a parameter is replaced or changed in place (a LoRA merged in, load_state_dict)."""
+    return hash(tuple((p.data_ptr(), p._version) for p in module.parameters()))
+
+
+def _check_current(module: nn.Module, graph: Graph, label: str, inner_hooks: bool = True) -> None:
+    """The compiled graph holds the weights of conversion time: refuse to run once the module's have changed.
+
+    ``inner_hooks=False`` for transformers' models, whose layers carry transformers' own hooks (they record the
+    hidden states that the compiled text encoder returns anyway)."""
+    if inner_hooks:
+        _check_runnable(module, label)
+    if weights_fingerprint(module) != graph.weights:
+        raise ConfigError(
+            f"the weights of {label} changed after the openvino backend converted it (a LoRA, load_state_dict, a "
+            "new module); its compiled graph would ignore them. Build the pipeline again with the changed weights "
+            "(the disk cache keys on the weights, so the new ones are converted)."
         )
 
 

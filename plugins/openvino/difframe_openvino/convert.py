@@ -134,6 +134,7 @@ class Graph:
     def __init__(self, compiled: ov.CompiledModel, startup: Startup) -> None:
         self.compiled = compiled
         self.startup = startup
+        self.weights = 0  # the converted module's weights_fingerprint, set by the backend
         self._local = threading.local()
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:

@@ -118,6 +118,16 @@ def test_python_add_ons_and_kwargs_are_refused_at_call_time(compiled):
         handle.remove()
 
 
+def test_weights_changed_after_conversion_are_refused(framework, cache):
+    pipe = framework.build(
+        "stable-diffusion", progress=False, backend="openvino", backend_options={"precision": "f32", "cache_dir": cache}
+    )
+    with torch.no_grad():
+        pipe.unet.conv_in.weight.add_(0.1)  # as merging a LoRA would
+    with pytest.raises(ConfigError, match="weights of unet changed after the openvino backend converted it"):
+        pipe(PROMPTS[0], seed=1, num_inference_steps=2)
+
+
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
