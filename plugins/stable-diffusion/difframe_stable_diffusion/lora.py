@@ -513,9 +513,10 @@ class LoraMixin:
         lora_scale: float = 1.0,
         adapter_names: list[str] | None = None,
     ) -> None:
-        """Add the active adapters' updates (times their weights and ``lora_scale``) into the layers' own weights:
-        no extra cost per step. ``unfuse_lora`` restores the original weights bit for bit (their copies are kept
-        meanwhile: memory of the layers the adapters touch)."""
+        """Add the active adapters' updates (or those of ``adapter_names``; each times its weight, 1.0 for one not
+        active, and ``lora_scale``) into the layers' own weights: no extra cost per step. ``unfuse_lora`` restores
+        the original weights bit for bit (their copies are kept meanwhile: memory of the layers the adapters
+        touch)."""
         state = self._lora_state()
         if state["fused"]:
             raise ValueError("LoRA weights are fused already: unfuse_lora() first")
@@ -538,7 +539,7 @@ class LoraMixin:
                 state["fused"][id(layer)] = (layer, base.weight.detach().clone())
                 scales = {n: layer.scaling[n] for n in present}
                 for name in present:
-                    weight = state["weights"].get(name, 1.0) if adapter_names is None else 1.0
+                    weight = state["weights"].get(name, 1.0)
                     layer.set_scale(name, weight * lora_scale)
                 layer.merge(adapter_names=present)
                 layer.scaling.update(scales)
