@@ -64,6 +64,14 @@ def add_generate_command(cli: Any) -> None:
     parser.add_argument("--image", help="init image: image-to-image (or inpainting with --mask)")
     parser.add_argument("--mask", help="inpainting mask (white = repaint)")
     parser.add_argument("--strength", type=float, help="image-to-image / inpainting strength in [0, 1]")
+    parser.add_argument(
+        "--ip-adapter", action="append", help="IP-Adapter file (.safetensors; its image encoder in image_encoder/ "
+        "beside it); repeat for several adapters (docs/ip-adapter.md)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--ip-image", action="append", help="image prompt: one per --ip-adapter (with one adapter, several allowed)"
+    )
+    parser.add_argument("--ip-scale", type=float, help="IP-Adapter scale (default 1.0): 0 ignores the image prompt")
     parser.add_argument("-o", "--out", default="outputs", help="output folder (default ./outputs)")
     parser.add_argument("--from-png", dest="from_png", help="reproduce the image whose parameters this PNG holds")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
@@ -108,10 +116,21 @@ def run_generate(args: argparse.Namespace) -> int:
         from .jobs.command import run_job_file
 
         return run_job_file(args)
+    import warnings
+
     from difframe.errors import DifframeError
 
+    shown: set[str] = set()
+
+    def show(message: Any, category: Any, *rest: Any, **options: Any) -> None:  # one line, once, no source line
+        if str(message) not in shown:
+            shown.add(str(message))
+            print(f"warning: {message}", file=sys.stderr)
+
     try:
-        return _run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return _run(args)
     except (ValueError, TypeError, OSError, DifframeError) as error:  # bad input: a message, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -202,6 +221,8 @@ def validate(args: argparse.Namespace) -> Request | None:
     check_networks(params, args.lora_dir, args.embedding, from_png=bool(args.from_png))
     build = _build_options(args, params)
     call: dict[str, Any] = {}
+    if args.ip_adapter or args.ip_image or args.ip_scale is not None:
+        call["ip_adapter_image"] = _image_prompts(args, build)
     pipeline = "stable-diffusion"
     if args.image:
         pipeline = "stable-diffusion-inpaint" if args.mask else "stable-diffusion-img2img"
@@ -313,6 +334,26 @@ def _open_image(path: str, option: str) -> Any:
             return image.copy()
     except OSError as error:
         raise ValueError(f"{option} {path}: not a readable image ({error})") from None
+
+
+def _image_prompts(args: argparse.Namespace, build: dict[str, Any]) -> Any:
+    """--ip-adapter files into the build options, --ip-image files opened: one image per adapter (one adapter may
+    take several)."""
+    adapters, images = args.ip_adapter or [], args.ip_image or []
+    if not adapters or not images:
+        raise ValueError("--ip-adapter FILE and --ip-image IMAGE go together (and --ip-scale needs both)")
+    if len(adapters) > 1 and len(images) != len(adapters):
+        raise ValueError(f"{len(images)} --ip-image for {len(adapters)} --ip-adapter: give one image per adapter")
+    for adapter in adapters:
+        if not Path(adapter).expanduser().is_file():
+            raise ValueError(f"--ip-adapter {adapter}: no such file")
+    build["ip_adapter"] = [
+        {"pretrained": str(Path(a).expanduser().parent), "weight_name": Path(a).name} for a in adapters
+    ]
+    if args.ip_scale is not None:
+        build["ip_adapter_scale"] = args.ip_scale
+    opened = [_open_image(image, "--ip-image") for image in images]
+    return opened if len(adapters) > 1 else (opened if len(opened) > 1 else opened[0])
 
 
 def _check_against_model(params: Any, build: dict[str, Any], call: dict[str, Any], batch: int) -> None:
