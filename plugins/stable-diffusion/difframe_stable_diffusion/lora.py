@@ -402,7 +402,7 @@ class LoraMixin:
     def _lora_state(self) -> dict[str, Any]:
         state = self.__dict__.get("_lora")
         if state is None:
-            state = {"loaded": {}, "weights": {}, "fused": {}, "fused_with": {}}
+            state = {"loaded": {}, "weights": {}, "last_weights": {}, "fused": {}, "fused_with": {}}
             self.__dict__["_lora"] = state
         return state
 
@@ -451,7 +451,7 @@ class LoraMixin:
         state["loaded"][name] = LoadedLora(
             name, source, short_hash, {c: [u.module for u in us] for c, us in by_component.items()}
         )
-        state["weights"][name] = float(weight)
+        state["weights"][name] = state["last_weights"][name] = float(weight)
         self._apply_adapter_weights()
         return name
 
@@ -489,6 +489,7 @@ class LoraMixin:
         if state["fused"]:
             raise ValueError("LoRA weights are fused into the model: call unfuse_lora() before changing adapters")
         state["weights"] = {n: float(w) for n, w in zip(names, weights)}
+        state["last_weights"].update(state["weights"])
         self._apply_adapter_weights()
 
     def disable_lora(self) -> None:
@@ -513,10 +514,10 @@ class LoraMixin:
         lora_scale: float = 1.0,
         adapter_names: list[str] | None = None,
     ) -> None:
-        """Add the active adapters' updates (or those of ``adapter_names``; each times its weight, 1.0 for one not
-        active, and ``lora_scale``) into the layers' own weights: no extra cost per step. ``unfuse_lora`` restores
-        the original weights bit for bit (their copies are kept meanwhile: memory of the layers the adapters
-        touch)."""
+        """Add the active adapters' updates (or those of ``adapter_names``), each times the weight it was last
+        given (as in the reference library) and ``lora_scale``, into the layers' own weights: no extra cost per
+        step. ``unfuse_lora`` restores the original weights bit for bit (their copies are kept meanwhile: memory of
+        the layers the adapters touch)."""
         state = self._lora_state()
         if state["fused"]:
             raise ValueError("LoRA weights are fused already: unfuse_lora() first")
@@ -539,7 +540,7 @@ class LoraMixin:
                 state["fused"][id(layer)] = (layer, base.weight.detach().clone())
                 scales = {n: layer.scaling[n] for n in present}
                 for name in present:
-                    weight = state["weights"].get(name, 1.0)
+                    weight = state["last_weights"].get(name, 1.0)
                     layer.set_scale(name, weight * lora_scale)
                 layer.merge(adapter_names=present)
                 layer.scaling.update(scales)
@@ -572,6 +573,7 @@ class LoraMixin:
                 remove_adapter(model, name)
             state["loaded"].pop(name)
             state["weights"].pop(name, None)
+            state["last_weights"].pop(name, None)
         self._apply_adapter_weights()
 
     @_exclusive
@@ -589,6 +591,7 @@ class LoraMixin:
                 remove_adapter(model, name)
         state["loaded"].clear()
         state["weights"].clear()
+        state["last_weights"].clear()
         state["fused_with"] = {}
 
     def loaded_loras(self) -> dict[str, LoadedLora]:

@@ -154,6 +154,11 @@ def test_several_adapters_with_weights_changed_between_calls(pipes, h, tmp_path)
     with pytest.raises(ValueError, match="unfuse_lora"):
         ours.set_adapters("first")
     ours.unfuse_lora()
+    theirs.unfuse_lora()
+    ours.fuse_lora(lora_scale=0.5, adapter_names=["first", "second"])
+    theirs.fuse_lora(lora_scale=0.5, adapter_names=["first", "second"])
+    assert_close(*images(ours, theirs, h))
+    ours.unfuse_lora()
     ours.delete_adapters("second")
     assert ours.get_list_adapters() == {"unet": ["first"], "text_encoder": ["first"]}
 
