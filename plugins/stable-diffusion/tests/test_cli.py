@@ -76,3 +76,22 @@ def test_generate_image_to_image_and_inpainting(h, tiny_model, tmp_path, capsys)
     [painted] = out.glob("*.png")
     assert Image.open(painted).size == (32, 32)
     assert "Denoising strength: 1.0" in Image.open(painted).text["parameters"]  # inpainting's default strength
+
+
+def test_generate_warnings_are_one_line_each(tiny_model, tmp_path, capsys):
+    argv = (
+        "generate",
+        "a cat",
+        "-m",
+        str(tiny_model),
+        "--steps",
+        "1",
+        "-g",
+        "50",
+        "-o",
+        str(tmp_path),
+        "--no-progress",
+    )
+    assert run(*argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: guidance_scale 50 is above the usual 1-30") == 1 and "UserWarning" not in err
