@@ -27,7 +27,20 @@ def _split(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     return parts
 
 
+_PAIRS: dict = {}
+
+
 def _pair(config: dict, tmp_path, seed: int = 0):
+    """(reference UNet, ours loaded from the reference's save): built once, a fresh copy per test."""
+    import copy
+
+    key = (repr(sorted(config.items())), seed)
+    if key not in _PAIRS:
+        _PAIRS[key] = _new_pair(config, tmp_path, seed)
+    return tuple(copy.deepcopy(model) for model in _PAIRS[key])
+
+
+def _new_pair(config: dict, tmp_path, seed: int):
     from difframe_sd_unet.unet import UNet2DConditionModel
     from diffusers import UNet2DConditionModel as Reference
 
@@ -84,6 +97,25 @@ def _run(config, tmp_path, kinds, scale=None, masks=None, images=1, backend="sdp
 
 def published_state_for(config, kind, seed):
     return published_state(config, kind, seed)
+
+
+def test_masked_images_change_only_their_region_reference(tiny_config, tmp_path):
+    """A mask is not vacuous: the masked adapter changes the UNet's output, and differently from no mask."""
+    _, _, ours, adapters = _run(tiny_config, tmp_path, ["plain"])
+    embeds = _image_inputs(["plain"], 2, 1)
+    generator = torch.Generator().manual_seed(1)
+    sample = torch.randn(2, 4, 16, 16, generator=generator)
+    context = torch.randn(2, 7, tiny_config["cross_attention_dim"], generator=generator)
+    half = torch.zeros(1, 1, 64, 64)
+    half[..., :32] = 1
+    with torch.no_grad():
+        full = ours(sample, 10, context, cross_attention_kwargs=_ours(ours, adapters, embeds))
+        masked = ours(sample, 10, context, cross_attention_kwargs=_ours(ours, adapters, embeds, [half]))
+        empty = ours(sample, 10, context, cross_attention_kwargs=_ours(ours, adapters, embeds, [half * 0]))
+        set_scales({n: m.addon for n, m in cross_attention_layers(ours)}, 0.0)
+        none = ours(sample, 10, context, cross_attention_kwargs=_ours(ours, adapters, embeds))
+    torch.testing.assert_close(empty, none, atol=1e-6, rtol=0)  # an all-zero mask: no image prompt
+    assert (masked - full).abs().max() > 1e-4 and (masked - none).abs().max() > 1e-4
 
 
 def _reference_scale(reference, scale, adapters):
