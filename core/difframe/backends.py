@@ -139,8 +139,12 @@ class TorchCompileBackend:
         targets = {"unet": getattr(pipeline, "unet", None)}
         if self.vae and getattr(pipeline, "vae", None) is not None:
             targets["vae.decoder"] = getattr(pipeline.vae, "decoder", None)
+        from .prepacking import prepack_convolutions, uses_prepacked_convolutions
+
         for label, module in targets.items():
             if isinstance(module, torch.nn.Module):
+                if uses_prepacked_convolutions(module):  # opaque oneDNN calls break the graph; inductor packs its own
+                    prepack_convolutions(module, False)
                 module.forward = self._timed(label, torch.compile(module.forward, **self.options))
 
     def _timed(self, label: str, compiled: Any) -> Any:
