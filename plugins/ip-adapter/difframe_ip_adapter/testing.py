@@ -20,7 +20,12 @@ IMAGE_HIDDEN_DIM = 24  # its hidden width (Plus and full-face read hidden states
 
 
 def published_state(
-    unet_config: dict, kind: str = "plain", seed: int = 0, embed_dim: int | None = None, queries: int = 4
+    unet_config: dict,
+    kind: str = "plain",
+    seed: int = 0,
+    embed_dim: int | None = None,
+    queries: int = 4,
+    plus_width: int = 64,
 ) -> dict[str, torch.Tensor]:
     """Random weights in the published layout (flat ``image_proj.*`` / ``ip_adapter.<n>.*`` keys) for a UNet of
     ``unet_config``: plain (ImageProjModel), plus (Resampler) or full (MLP)."""
@@ -42,8 +47,8 @@ def published_state(
         state |= {"image_proj.proj.0.weight": rand(embed, embed), "image_proj.proj.0.bias": rand(embed)}
         state |= {"image_proj.proj.2.weight": rand(cross, embed), "image_proj.proj.2.bias": rand(cross)}
         state |= {"image_proj.proj.3.weight": 1 + rand(cross), "image_proj.proj.3.bias": rand(cross)}
-    else:  # plus: hidden width 64 (one 64-channel head), depth 4 as the releases (the reference fixes it)
-        embed, hidden = embed_dim or IMAGE_HIDDEN_DIM, 64
+    else:  # plus: 64-channel heads (plus_width / 64 of them), depth 4 as the releases (the reference fixes it)
+        embed, hidden = embed_dim or IMAGE_HIDDEN_DIM, plus_width
         state |= {"image_proj.latents": rand(1, queries, hidden)}
         state |= {"image_proj.proj_in.weight": rand(hidden, embed), "image_proj.proj_in.bias": rand(hidden)}
         state |= {"image_proj.proj_out.weight": rand(cross, hidden), "image_proj.proj_out.bias": rand(cross)}

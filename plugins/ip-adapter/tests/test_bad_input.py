@@ -153,4 +153,13 @@ def test_cli_image_prompt(model, tmp_path, capsys):
     assert "--ip-adapter FILE and --ip-image IMAGE go together" in capsys.readouterr().err
     # the image encoder sits in image_encoder/ beside the file
     assert main([*argv, "--ip-adapter", file, "--ip-image", str(tmp_path / "ref.png"), "--ip-scale", "0.5"]) == 0
-    assert capsys.readouterr().out.strip().endswith(".png")
+    made = capsys.readouterr().out.strip()
+    assert made.endswith(".png")
+    from PIL import Image
+
+    with Image.open(made) as image:
+        assert 'IP-Adapter: "ip-adapter-plain.safetensors (scale: 0.5)"' in image.info["parameters"] or (
+            "IP-Adapter: ip-adapter-plain.safetensors (scale 0.5)" in image.info["parameters"]
+        )
+    assert main(["generate", "--from-png", made, "-o", str(tmp_path / "again"), "--no-progress"]) == 2
+    assert "made with an image prompt" in capsys.readouterr().err

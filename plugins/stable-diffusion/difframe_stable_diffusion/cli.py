@@ -92,6 +92,9 @@ def add_generate_command(cli: Any) -> None:
     )
     parser.add_argument("--attention", default="auto", help="attention backend (default auto)")
     parser.add_argument(
+        "--conditioner", help="text conditioner: a registered conditioner's name (default clip-text); see docs/hooks.md"
+    )
+    parser.add_argument(
         "--lora-dir",
         help="folder of the LoRA files that <lora:NAME:WEIGHT> in a prompt names (default $DIFFRAME_LORA_DIR)",
     )
@@ -216,6 +219,11 @@ def validate(args: argparse.Namespace) -> Request | None:
         )
         return None
     _check_numbers(args, params)
+    if args.from_png and "IP-Adapter" in params.extra and not args.ip_image:
+        raise ValueError(
+            f"{args.from_png} was made with an image prompt (IP-Adapter: {params.extra['IP-Adapter']}); pass the "
+            "adapter and the image with --ip-adapter and --ip-image"
+        )
     from .prompt_networks import check_networks
 
     check_networks(params, args.lora_dir, args.embedding, from_png=bool(args.from_png))
@@ -282,6 +290,8 @@ def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
     framework.get("scheduler", scheduler)  # an unknown name: the list of installed ones, before loading
     _check_attention_name(framework, args.attention)
     options: dict[str, Any] = {"scheduler": scheduler, "attention": args.attention, "framework": framework}
+    if args.conditioner:
+        options["conditioner"] = args.conditioner
     if args.memory_budget:
         parse_bytes(args.memory_budget)
         options["memory_budget"] = args.memory_budget

@@ -37,6 +37,7 @@ from .batching import (
     plan_seeds,
 )
 from .concurrency import ActiveCalls, CallGate, CallState
+from .conditioning import ConditionerMixin
 from .image_prompts import ImagePromptsMixin
 from .metadata import GenerationParameters, png_info
 from .numerics import FiniteWatch, check_decoded
@@ -140,7 +141,7 @@ class Chunk:
         return self.stop - self.start
 
 
-class StableDiffusionBase(ImagePromptsMixin, SingleFileMixin, DiffusionPipeline):
+class StableDiffusionBase(ConditionerMixin, ImagePromptsMixin, SingleFileMixin, DiffusionPipeline):
     """Shared base of the Stable Diffusion pipelines (components named as in the shared model layout)."""
 
     layout_name: ClassVar[tuple[str, str] | None] = ("diffusers", "StableDiffusionPipeline")
@@ -156,7 +157,6 @@ class StableDiffusionBase(ImagePromptsMixin, SingleFileMixin, DiffusionPipeline)
         self.memory_budget: int | None = None  # None: automatic, from free memory
         self._offload_device: torch.device | None = None
         self._active_module: torch.nn.Module | None = None
-        self._conditioner_cache: Any = None
         self.timings: dict[str, float] | None = None  # set to {} to measure time inside the model calls
         self._gate = CallGate()  # calls shared, changes to the models exclusive (see concurrency.py)
         self._calls = ActiveCalls()
@@ -448,18 +448,6 @@ class StableDiffusionBase(ImagePromptsMixin, SingleFileMixin, DiffusionPipeline)
         return chunk_size_for(total, self.estimate_image_bytes(height, width, guided), budget_bytes)
 
     # --- prompts --------------------------------------------------------------------------------------------------
-    def _conditioner(self) -> Any:
-        """difframe-clip's text conditioner over our tokenizer and text encoder (None if not installed)."""
-        if self._conditioner_cache is None or self._conditioner_cache[0] is not (self.tokenizer, self.text_encoder):
-            try:
-                from difframe_clip import CLIPTextConditioner
-            except ImportError:
-                conditioner = None
-            else:
-                conditioner = CLIPTextConditioner(self.tokenizer, self.text_encoder)
-            self._conditioner_cache = ((self.tokenizer, self.text_encoder), conditioner)
-        return self._conditioner_cache[1]
-
     def encode_prompt(
         self, prompts: list[str], clip_skip: int | None = None, *, chunks: int | None = None
     ) -> torch.Tensor:
@@ -977,6 +965,7 @@ class StableDiffusionBase(ImagePromptsMixin, SingleFileMixin, DiffusionPipeline)
             self._release()
         images = torch.cat(results) if results else torch.empty(0)
         finished = [ran == steps_per_chunk for ran in steps_done]
+        prompted = self.image_prompt_metadata(cross_attention_kwargs)  # an image prompt is named in the PNG
         parameters = [
             GenerationParameters(
                 prompt=prompts[job.prompt_index] if prompts else "",
@@ -991,7 +980,10 @@ class StableDiffusionBase(ImagePromptsMixin, SingleFileMixin, DiffusionPipeline)
                 clip_skip=clip_skip,
                 guidance_rescale=float(guidance_rescale) if guided else 0.0,
                 strength=strength,
-                extra={} if complete else {INTERRUPTED_KEY: f"after {ran} of {steps_per_chunk} steps"},
+                extra={
+                    **prompted,
+                    **({} if complete else {INTERRUPTED_KEY: f"after {ran} of {steps_per_chunk} steps"}),
+                },
             )
             for job, ran, complete in zip(jobs[:done], steps_done, finished)
         ]

@@ -7,6 +7,7 @@ provides it.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,15 @@ class ImagePromptsMixin:
                 width=width,
             )
         return {**(cross_attention_kwargs or {}), "ip_adapter_prompts": prompts}
+
+    def image_prompt_metadata(self, cross_attention_kwargs: dict[str, Any] | None) -> dict[str, str]:
+        """The PNG's record of a call's image prompts: adapter files and scale (the images themselves are not
+        stored, so such an image cannot be made again from its parameters alone)."""
+        if not cross_attention_kwargs or "ip_adapter_prompts" not in cross_attention_kwargs:
+            return {}
+        prompter = self._image_prompter(create=False)
+        names = ", ".join(adapter.name for adapter in prompter.adapters)
+        return {"IP-Adapter": f"{names} (scale {json.dumps(prompter.scale)})"}
 
     @staticmethod
     def chunk_attention_kwargs(chunk: Any, cross_attention_kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
