@@ -281,6 +281,7 @@ def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
 
     from .batching import parse_bytes
     from .common import _check_attention_name
+    from .conditioning import CONDITIONER_KEY, parse_conditioner_metadata
     from .request import check_device
 
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -292,6 +293,10 @@ def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
     options: dict[str, Any] = {"scheduler": scheduler, "attention": args.attention, "framework": framework}
     if args.conditioner:
         options["conditioner"] = args.conditioner
+    elif CONDITIONER_KEY in params.extra:  # --from-png of an image made with another conditioner
+        options["conditioner"], options["conditioner_options"] = parse_conditioner_metadata(
+            params.extra[CONDITIONER_KEY]
+        )
     if args.memory_budget:
         parse_bytes(args.memory_budget)
         options["memory_budget"] = args.memory_budget

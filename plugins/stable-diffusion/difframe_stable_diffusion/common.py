@@ -982,6 +982,7 @@ class StableDiffusionBase(ConditionerMixin, ImagePromptsMixin, SingleFileMixin, 
                 strength=strength,
                 extra={
                     **prompted,
+                    **self.conditioner_metadata(),
                     **({} if complete else {INTERRUPTED_KEY: f"after {ran} of {steps_per_chunk} steps"}),
                 },
             )
