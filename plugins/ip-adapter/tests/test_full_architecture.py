@@ -51,7 +51,7 @@ def test_sd15_two_adapters_match_reference(tmp_path):
     reference = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "sd15", safety_checker=None)
     reference.set_progress_bar_config(disable=True)
     reference.load_ip_adapter(adapters, subfolder=["models", "models"], weight_name=weights)
-    reference.set_ip_adapter_scale([0.6, {"up": {"block_0": [0.0, 1.0, 0.0]}}])
+    reference.set_ip_adapter_scale([0.6, {"up": {"block_1": [0.0, 1.0, 0.0]}}])
     theirs = reference("a fox", ip_adapter_image=images, generator=[torch.Generator().manual_seed(7)], **kwargs)
     del reference
     gc.collect()
@@ -59,7 +59,7 @@ def test_sd15_two_adapters_match_reference(tmp_path):
     pipe = Framework().build("stable-diffusion", model=tmp_path / "sd15")
     pipe.set_progress_bar_config(disable=True)
     pipe.load_ip_adapter(adapters, subfolder="models", weight_name=weights)
-    pipe.set_ip_adapter_scale([0.6, {"up": {"block_0": [0.0, 1.0, 0.0]}}])
+    pipe.set_ip_adapter_scale([0.6, {"up": {"block_1": [0.0, 1.0, 0.0]}}])
     ours = pipe("a fox", ip_adapter_image=images, seed=7, **kwargs).images
     difference = float(np.abs(ours - theirs.images).max())
     assert difference <= 1e-4, f"max abs difference {difference:.2e}"
