@@ -162,6 +162,12 @@ class ImagePromptsMixin:
             if given:
                 raise ValueError("ip_adapter_image given but no IP-Adapter is loaded: call pipe.load_ip_adapter first")
             return cross_attention_kwargs
+        backend = type(getattr(self, "backend", None)).__name__
+        if backend not in ("NoneType", "EagerBackend", "TorchCompileBackend"):  # they run our attention modules
+            raise ValueError(
+                f"IP-Adapter runs as an attention add-on, which the {backend} does not run; build the pipeline with "
+                "the eager (default) or torch-compile backend"
+            )
         import torch
 
         with torch.no_grad():
