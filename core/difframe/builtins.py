@@ -44,3 +44,13 @@ def register_backend(register) -> None:
         aliases=("compile", "inductor"),
         description="torch.compile on the UNet and VAE decoder (compile=True); first calls compile",
     )
+
+
+@hookimpl
+def register_guider(register) -> None:
+    register(
+        name="cfg",
+        factory="difframe.guidance:ClassifierFreeGuidance",
+        aliases=("classifier-free", "classifier-free-guidance"),
+        description="classifier-free guidance with guidance_rescale (the default)",
+    )

@@ -50,5 +50,15 @@ def register_backend(register: Register) -> None:
 
 
 @hookspec
+def register_guider(register: Register) -> None:
+    """Register guiders: how the predictions of the guidance batch (unconditional, conditional, perturbed) combine."""
+
+
+@hookspec
+def register_inference_hook(register: Register) -> None:
+    """Register inference hooks: code run before and after named modules of a model at every denoising step."""
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add subcommands to the ``difframe`` CLI. ``cli`` is the argparse sub-parsers object."""

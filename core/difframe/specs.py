@@ -107,9 +107,33 @@ class BackendSpec(ComponentSpec):
     )
 
 
+class GuiderSpec(ComponentSpec):
+    """How a denoising step combines the predictions of its guidance batch (see difframe.guidance)."""
+
+    kind: ClassVar[str] = "guider"
+
+
+class InferenceHookSpec(ComponentSpec):
+    """Code run around named modules of a model at every step (see difframe.inference_hooks)."""
+
+    kind: ClassVar[str] = "inference_hook"
+    incompatible: tuple[str, ...] = Field(
+        default=(), description="names of hooks or guiders this one cannot run with; build() refuses the pair"
+    )
+
+
 SPEC_TYPES: dict[str, type[ComponentSpec]] = {
     spec.kind: spec
-    for spec in (SchedulerSpec, ModelSpec, ConditionerSpec, AttentionProcessorSpec, PipelineSpec, BackendSpec)
+    for spec in (
+        SchedulerSpec,
+        ModelSpec,
+        ConditionerSpec,
+        AttentionProcessorSpec,
+        PipelineSpec,
+        BackendSpec,
+        GuiderSpec,
+        InferenceHookSpec,
+    )
 }
 HOOK_KINDS: dict[str, str] = {
     "register_scheduler": "scheduler",
@@ -118,4 +142,6 @@ HOOK_KINDS: dict[str, str] = {
     "register_attention_processor": "attention_processor",
     "register_pipeline": "pipeline",
     "register_backend": "backend",
+    "register_guider": "guider",
+    "register_inference_hook": "inference_hook",
 }

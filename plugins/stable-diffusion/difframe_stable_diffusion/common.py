@@ -38,6 +38,7 @@ from .batching import (
 )
 from .concurrency import ActiveCalls, CallGate, CallState
 from .conditioning import ConditionerMixin
+from .guided_steps import GuidanceMixin, guided_prediction
 from .image_prompts import ImagePromptsMixin
 from .metadata import GenerationParameters, png_info
 from .numerics import FiniteWatch, check_decoded
@@ -141,7 +142,7 @@ class Chunk:
         return self.stop - self.start
 
 
-class StableDiffusionBase(ConditionerMixin, ImagePromptsMixin, SingleFileMixin, DiffusionPipeline):
+class StableDiffusionBase(GuidanceMixin, ConditionerMixin, ImagePromptsMixin, SingleFileMixin, DiffusionPipeline):
     """Shared base of the Stable Diffusion pipelines (components named as in the shared model layout)."""
 
     layout_name: ClassVar[tuple[str, str] | None] = ("diffusers", "StableDiffusionPipeline")
@@ -706,24 +707,29 @@ class StableDiffusionBase(ConditionerMixin, ImagePromptsMixin, SingleFileMixin, 
             watch.record(-1, None, "starting latents", latents, chunk.size)
         chunk_kwargs = self.chunk_attention_kwargs(chunk, cross_attention_kwargs)  # its rows of image prompts
         self._activate(self.unet)
+        guider = self.guider.begin(len(timesteps))
+        self._hook_set().reset()  # each chunk starts with empty hook state
         for i, t in enumerate(timesteps):
             if chunk.call is not None and chunk.call.interrupted:
                 break
-            model_input = torch.cat([latents] * 2) if chunk.guided else latents
-            model_input = sampler.scale_model_input(model_input, t)
-            if model_extra is not None:
-                model_input = torch.cat([model_input, model_extra], dim=1)
-            noise_pred = self._run(
-                "unet", self.unet, self.unet, model_input, t, embeds, cross_attention_kwargs=chunk_kwargs
+            raw, noise_pred = guided_prediction(
+                guider,
+                index=i,
+                total=len(timesteps),
+                timestep=t,
+                latents=latents,
+                embeds=embeds,
+                guided=chunk.guided,
+                prepare=lambda batch, t=t: self.model_input(sampler, batch, t, model_extra, chunk.size),
+                run_denoiser=lambda batch, rows, t=t: self._run(
+                    "unet", self.unet, self.unet, batch, t, rows, cross_attention_kwargs=chunk_kwargs
+                ),
+                guidance_scale=guidance_scale,
+                guidance_rescale=guidance_rescale,
             )
             if watch is not None:
-                watch.record(i, t, "UNet output", noise_pred, chunk.size)
-            if chunk.guided:
-                uncond, cond = noise_pred.chunk(2)
-                noise_pred = uncond + guidance_scale * (cond - uncond)
-                if guidance_rescale > 0.0:
-                    noise_pred = rescale_noise_cfg(noise_pred, cond, guidance_rescale)
-                if watch is not None:
+                watch.record(i, t, "UNet output", raw, chunk.size)
+                if chunk.guided:
                     watch.record(i, t, "guidance", noise_pred, chunk.size)
             latents = sampler.step(noise_pred, t, latents, **step_kwargs).prev_sample
             if watch is not None:
@@ -757,6 +763,14 @@ class StableDiffusionBase(ConditionerMixin, ImagePromptsMixin, SingleFileMixin, 
         if watch is not None:
             watch.check()
         return latents
+
+    @staticmethod
+    def model_input(sampler: Any, batch: torch.Tensor, t: Any, extra: torch.Tensor | None, rows: int) -> torch.Tensor:
+        """The denoiser's input: the stacked latents scaled for the sampler, then the extra channels (inpainting)."""
+        batch = sampler.scale_model_input(batch, t)
+        if extra is None:
+            return batch
+        return torch.cat([batch, extra[:rows].repeat(batch.shape[0] // rows, 1, 1, 1)], dim=1)
 
     def sampler_of(self, chunk: Chunk) -> Any:
         """The sampler a chunk runs with: its call's own copy (the pipeline's, for a chunk made by hand)."""
@@ -843,7 +857,7 @@ class StableDiffusionBase(ConditionerMixin, ImagePromptsMixin, SingleFileMixin, 
         self._check_cross_attention_kwargs(cross_attention_kwargs)
         chunk_size = self._chunk_size(total, height, width, guided, memory_budget)
         one_at_a_time = self._offload_lock if self._offload_device is not None else contextlib.nullcontext()
-        with self._gate.shared(), one_at_a_time:
+        with self._gate.shared(), one_at_a_time, self.hooked_call():
             call = CallState(sampler=_own_copy(self.scheduler))
             call.sampler.set_timesteps(num_inference_steps, device=self.execution_device)  # its errors: before work
             with self._calls.begin(call):

@@ -1,0 +1,1 @@
+"""First-party guiders of difframe (see docs/guiders-and-hooks.md)."""
