@@ -1,9 +1,10 @@
 """CLIPTextConditioner: prompts -> the text embeddings a Stable Diffusion UNet attends to.
 
 Long prompts are split like the popular web UIs do: the prompt's tokens (without special tokens) are cut into
-chunks of 75; each chunk becomes [BOS] + tokens + [EOS] + padding to 77 and is encoded on its own; the chunk
-outputs are concatenated along the token axis, giving (batch, 77 * chunks, hidden). A prompt of at most 75 tokens
-is one chunk, token for token what the reference library feeds the text encoder, so its embedding is identical.
+chunks of 75 (a BREAK also ends a chunk); each chunk becomes [BOS] + tokens + [EOS] + padding to 77 and is encoded
+on its own; the chunk outputs are concatenated along the token axis, giving (batch, 77 * chunks, hidden). A prompt
+of at most 75 tokens is one chunk, token for token what the reference library feeds the text encoder, so its
+embedding is identical. Weighting syntax, (word:1.3) and the like, is read as the web UI reads it (prompt_weights).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, Literal
 
 import torch
 
+from .prompt_weights import BREAK, parse_weighted_prompt
+
 Prompts = str | Sequence[str]
 
 
@@ -20,7 +23,9 @@ class CLIPTextConditioner:
     """Encode prompts with a CLIP tokenizer and text encoder (transformers objects, or difframe_clip's).
 
     long_prompts: "chunk" (default) encodes every token in 75-token chunks; "truncate" keeps the first 75 tokens,
-    as the reference library does. max_chunks caps the chunks per prompt (None: no cap).
+    as the reference library does. max_chunks caps the chunks per prompt (None: no cap). weighting: read the web
+    UI's weighting syntax, ``(word)``, ``(word:1.3)``, ``[word]``, ``\\(``, ``BREAK`` (default True); False encodes
+    the prompt's characters as they are.
     """
 
     def __init__(
@@ -30,6 +35,7 @@ class CLIPTextConditioner:
         *,
         long_prompts: Literal["chunk", "truncate"] = "chunk",
         max_chunks: int | None = None,
+        weighting: bool = True,
     ) -> None:
         if long_prompts not in ("chunk", "truncate"):
             raise ValueError(f"long_prompts must be 'chunk' or 'truncate', got {long_prompts!r}")
@@ -39,6 +45,9 @@ class CLIPTextConditioner:
         self.text_encoder = text_encoder
         self.long_prompts = long_prompts
         self.max_chunks = max_chunks
+        if not isinstance(weighting, bool):
+            raise TypeError(f"weighting must be True or False, got {weighting!r}")
+        self.weighting = weighting
         self.length = int(getattr(text_encoder.config, "max_position_embeddings", 77))  # 77 for CLIP
         self.chunk_tokens = self.length - 2
         self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -69,22 +78,46 @@ class CLIPTextConditioner:
     # --- tokens ---------------------------------------------------------------------------------------------------
     def tokenize(self, prompts: Prompts, chunks: int | None = None) -> torch.Tensor:
         """Token ids (batch, chunks, 77); every prompt padded with empty chunks to ``chunks`` (default: the most)."""
-        prompts = [self.expand_embeddings(p) for p in _as_list(prompts)]
-        ids = self.tokenizer(prompts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-        limit = self.chunk_tokens if self.long_prompts == "truncate" else self.chunk_tokens * (self.max_chunks or 0)
-        if limit:
-            ids = [tokens[:limit] for tokens in ids]
-        pieces = [
-            [tokens[i : i + self.chunk_tokens] for i in range(0, len(tokens), self.chunk_tokens)] or [[]]
-            for tokens in ids
-        ]
+        return self.tokenize_weighted(prompts, chunks)[0]
+
+    def tokenize_weighted(self, prompts: Prompts, chunks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (batch, chunks, 77) and each token's weight (1 for special tokens, padding and plain text)."""
+        pieces = [self._chunks(prompt) for prompt in _as_list(prompts)]
         count = max(len(p) for p in pieces)
         if chunks is not None:
             if chunks < count:
                 raise ValueError(f"a prompt needs {count} chunks of {self.chunk_tokens} tokens; asked for {chunks}")
             count = chunks
-        rows = [[self._wrap(piece) for piece in p + [[]] * (count - len(p))] for p in pieces]
-        return torch.tensor(rows, dtype=torch.long)
+        empty: tuple[list[int], list[float]] = ([], [])
+        rows = [p + [empty] * (count - len(p)) for p in pieces]
+        ids = [[self._wrap(tokens) for tokens, _ in row] for row in rows]
+        weights = [[[1.0, *w] + [1.0] * (self.length - 1 - len(w)) for _, w in row] for row in rows]
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(weights, dtype=torch.float64)
+
+    def _chunks(self, prompt: str) -> list[tuple[list[int], list[float]]]:
+        """One prompt's chunks of at most 75 tokens, with their weights (a BREAK ends a chunk, as in the web UI)."""
+        prompt = self.expand_embeddings(prompt)
+        pieces = parse_weighted_prompt(prompt) if self.weighting else [(prompt, 1.0)]
+        ids = self.tokenizer([text for text, _ in pieces], add_special_tokens=False, truncation=False, verbose=False)
+        chunks: list[tuple[list[int], list[float]]] = []
+        tokens: list[int] = []
+        weights: list[float] = []
+        for piece, piece_ids in zip(pieces, ids["input_ids"]):
+            if piece == BREAK:
+                chunks.append((tokens, weights))
+                tokens, weights = [], []
+                continue
+            for token in piece_ids:
+                tokens.append(token)
+                weights.append(piece[1])
+                if len(tokens) == self.chunk_tokens:
+                    chunks.append((tokens, weights))
+                    tokens, weights = [], []
+        if tokens or not chunks:
+            chunks.append((tokens, weights))
+        if self.long_prompts == "truncate":
+            return chunks[:1]
+        return chunks[: self.max_chunks] if self.max_chunks else chunks
 
     def expand_embeddings(self, prompt: str) -> str:
         """A textual-inversion token of several vectors (added as ``tok``, ``tok_1``, ...) stands for all of them,
@@ -114,9 +147,11 @@ class CLIPTextConditioner:
         clip_skip: how many final layers to skip (as in the reference library's encode_prompt): None or 0 uses the
         last layer; 1 the penultimate layer's output, passed through the final layer norm; and so on.
         """
-        ids = self.tokenize(prompts, chunks)
+        ids, weights = self.tokenize_weighted(prompts, chunks)
         batch, count, length = ids.shape
-        hidden = self._run(ids.reshape(batch * count, length), clip_skip)
+        hidden = self._run(ids.reshape(batch * count, length), clip_skip).reshape(batch, count, length, -1)
+        if (weights != 1).any():
+            hidden = _apply_weights(hidden, weights.to(hidden.device))
         return hidden.reshape(batch, count * length, hidden.shape[-1])
 
     def encode_pair(
@@ -165,6 +200,18 @@ class CLIPTextConditioner:
             final_norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 4 nests it
             hidden = final_norm(states[-(clip_skip + 1)])
         return hidden.to(encoder.dtype)
+
+
+def _apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The web UI's arithmetic: each token's embedding times its weight, then the chunk rescaled to its original
+    mean. Per prompt and chunk (the web UI takes the mean over a whole batch's chunk, so there a prompt's embedding
+    depends on the others of its batch; alone, the two agree). Chunks whose weights are all 1 are left untouched."""
+    work = hidden.double()
+    weighted = work * weights[..., None]
+    original = work.mean(dim=(-2, -1), keepdim=True)
+    weighted = weighted * (original / weighted.mean(dim=(-2, -1), keepdim=True))
+    plain = (weights == 1).all(dim=-1)[..., None, None]
+    return torch.where(plain, hidden, weighted.to(hidden.dtype))
 
 
 def _as_list(prompts: Prompts) -> list[str]:

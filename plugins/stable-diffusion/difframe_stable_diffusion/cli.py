@@ -95,6 +95,11 @@ def add_generate_command(cli: Any) -> None:
         "--conditioner", help="text conditioner: a registered conditioner's name (default clip-text); see docs/hooks.md"
     )
     parser.add_argument(
+        "--no-prompt-weighting",
+        action="store_true",
+        help="read (word:1.3), [word] and BREAK as plain text instead of web-UI prompt weighting (recorded in the PNG)",
+    )
+    parser.add_argument(
         "--lora-dir",
         help="folder of the LoRA files that <lora:NAME:WEIGHT> in a prompt names (default $DIFFRAME_LORA_DIR)",
     )
@@ -281,7 +286,7 @@ def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
 
     from .batching import parse_bytes
     from .common import _check_attention_name
-    from .conditioning import CONDITIONER_KEY, parse_conditioner_metadata
+    from .conditioning import CONDITIONER_KEY, DEFAULT_CONDITIONER, parse_conditioner_metadata
     from .request import check_device
 
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -297,6 +302,9 @@ def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
         options["conditioner"], options["conditioner_options"] = parse_conditioner_metadata(
             params.extra[CONDITIONER_KEY]
         )
+    if args.no_prompt_weighting:
+        options.setdefault("conditioner", DEFAULT_CONDITIONER)
+        options["conditioner_options"] = {**options.get("conditioner_options", {}), "weighting": False}
     if args.memory_budget:
         parse_bytes(args.memory_budget)
         options["memory_budget"] = args.memory_budget

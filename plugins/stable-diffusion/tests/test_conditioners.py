@@ -110,3 +110,26 @@ def test_cli_conditioner_is_recorded_and_reproduced(tiny_model, third_party, tmp
     assert third_party.CALLS  # the PNG's conditioner was used again
     [copy] = again.glob("*.png")
     assert np.array_equal(np.asarray(Image.open(copy)), np.asarray(Image.open(made)))
+
+
+def test_prompt_weighting_is_on_by_default_and_its_setting_is_recorded(tiny_model, tmp_path):
+    from difframe.cli import main
+
+    common = ("-m", str(tiny_model), "--steps", "2", "--size", "32", "--no-progress", "--seed", "5")
+    weighted, plain, literal = tmp_path / "weighted", tmp_path / "plain", tmp_path / "literal"
+    assert main(["generate", "a (red:1.6) fox", "-o", str(weighted), *common]) == 0
+    assert main(["generate", "a red fox", "-o", str(plain), *common]) == 0
+    assert main(["generate", "a (red:1.6) fox", "--no-prompt-weighting", "-o", str(literal), *common]) == 0
+    [weighted_png], [plain_png], [literal_png] = (sorted(d.glob("*.png")) for d in (weighted, plain, literal))
+    assert "Conditioner" not in Image.open(weighted_png).text["parameters"]  # on, as in the web UI: nothing to say
+    # quoted as the web UI quotes a value holding commas, colons or quotes
+    assert 'Conditioner: "clip-text {\\"weighting\\": false}"' in Image.open(literal_png).text["parameters"]
+    pixels = [np.asarray(Image.open(p), dtype=int) for p in (weighted_png, plain_png, literal_png)]
+    assert not np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[0], pixels[2])
+    again = tmp_path / "again"
+    assert (
+        main(["generate", "--from-png", str(literal_png), "-m", str(tiny_model), "-o", str(again), "--no-progress"])
+        == 0
+    )
+    [copy] = again.glob("*.png")
+    assert np.array_equal(np.asarray(Image.open(copy), dtype=int), pixels[2])
