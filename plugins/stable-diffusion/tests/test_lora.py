@@ -215,8 +215,12 @@ def test_full_sd15_architecture_parity(h, tmp_path):
     theirs = diffusers.StableDiffusionPipeline.from_pretrained(
         folder, safety_checker=None, requires_safety_checker=False
     )
-    for kohya, name in ((True, "kohya"), (False, "peft")):
-        path = save(random_lora(ours, kohya=kohya, seed=7, rank=8), tmp_path / f"{name}.safetensors")
+    # both files drawn from the plain model: once a LoRA is loaded its layers are wrapped (base_layer, lora_A...)
+    paths = {
+        name: save(random_lora(ours, kohya=kohya, seed=7, rank=8), tmp_path / f"{name}.safetensors")
+        for kohya, name in ((True, "kohya"), (False, "peft"))
+    }
+    for name, path in paths.items():
         ours.load_lora_weights(path, adapter_name=name)
         theirs.load_lora_weights(path, adapter_name=name)
     ours.set_adapters(["kohya", "peft"], [0.7, 0.4])
