@@ -1,0 +1,67 @@
+"""Fixtures: the tiny Stable Diffusion folder of the stable-diffusion plugin's tests (written by the reference
+library), loaded by both libraries. The model writer is read from that conftest by path (tests run with
+--import-mode=importlib, so it is not importable by name)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SD_TESTS = Path(__file__).resolve().parents[3] / "plugins" / "stable-diffusion" / "tests" / "conftest.py"
+
+
+def _sd_test_helpers():
+    spec = importlib.util.spec_from_file_location("_difframe_sd_test_helpers", SD_TESTS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SD = _sd_test_helpers()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def framework():
+    from difframe import Framework
+
+    return Framework()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """Two down blocks (cross-attention, then plain), two layers each: branches 0 to 5."""
+    return SD.write_reference_model(tmp_path_factory.mktemp("sd") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def deep_model(tmp_path_factory) -> Path:
+    """Four down blocks like SD 1.5 (three with cross-attention), tiny widths: branches 0 to 11."""
+    unet = dict(
+        SD.UNET_TINY,
+        sample_size=32,
+        block_out_channels=(16, 32, 32, 32),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+    return SD.write_reference_model(tmp_path_factory.mktemp("sd") / "deep-sd", unet=unet, seed=3)
+
+
+@pytest.fixture(scope="session")
+def reference_pipeline():
+    return SD.reference_pipeline
+
+
+@pytest.fixture(scope="session")
+def generators():
+    return SD.generators
