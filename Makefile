@@ -17,8 +17,12 @@ $(VENV)/.installed: $(VENV)/bin/python $(PACKAGE_FILES)
 	$(PIP) install -c constraints.txt --no-build-isolation $(foreach p,$(PACKAGES),-e $(p))
 	@touch $@
 
-$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+# contrib/ plugins (their own distributions, as third parties publish them) that the tests exercise installed.
+CONTRIB := contrib/step-cache
+
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt $(CONTRIB:%=%/pyproject.toml)
 	$(PIP) install -c constraints.txt -r requirements-test.txt
+	$(PIP) install -c constraints.txt --no-build-isolation $(foreach p,$(CONTRIB),-e $(p))
 	# open-clip-torch only ships the real CLIP BPE vocabulary the tests use; its torchvision is not needed.
 	$(PIP) install --no-deps "open-clip-torch>=2.20"
 	@touch $@
