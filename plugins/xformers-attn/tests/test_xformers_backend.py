@@ -11,7 +11,6 @@ import torch
 from difframe import Framework
 from difframe.attention import ReferenceBackend, resolve_backend_name
 from difframe.availability import cuda_unavailable_reason
-
 from difframe_xformers_attn import plugin
 
 
