@@ -27,6 +27,33 @@ def test_auto_never_picks_it_for_cpu_models():
     assert resolve_backend_name(framework, "auto", device="cpu") == "sdpa"
 
 
+def test_auto_follows_the_documented_order(monkeypatch):
+    """docs/backends.md: on a GPU, xformers (20), then sdpa (10), sliced (0), reference (-10); each in turn is
+    chosen when those above it cannot run, and a CPU model never gets xformers."""
+    framework = Framework(plugins=[plugin, __import__("difframe.builtins").builtins])
+    order = sorted(
+        (r for r in framework.registry.all("attention_processor") if r.spec.role == "backend"),
+        key=lambda r: -r.spec.priority,
+    )
+    assert [(r.name, r.spec.priority) for r in order] == [
+        ("xformers", 20),
+        ("sdpa", 10),
+        ("sliced", 0),
+        ("reference", -10),
+    ]
+    missing: set[str] = set()
+    monkeypatch.setattr(
+        "difframe.registry.Registration.unavailable_reason",
+        property(lambda r: "switched off by the test" if r.name in missing else None),
+    )  # at first everything runs, as on a GPU with xformers installed
+    for registration in order:
+        assert resolve_backend_name(framework, "auto", device="cuda") == registration.name
+        assert resolve_backend_name(framework, "auto", device="cpu") == (
+            "sdpa" if registration.name == "xformers" else registration.name
+        )
+        missing.add(registration.name)
+
+
 def _bmhk_reference(q, k, v, attn_bias=None, scale=None):
     """xformers' contract: (batch, tokens, heads, dim) inputs, an additive bias of (batch, heads, q, k)."""
     scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
