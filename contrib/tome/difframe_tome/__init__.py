@@ -1,0 +1,1 @@
+"""difframe-tome: token merging for Stable Diffusion as an inference hook (the hook lives in .hook)."""
