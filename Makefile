@@ -18,7 +18,7 @@ $(VENV)/.installed: $(VENV)/bin/python $(PACKAGE_FILES)
 	@touch $@
 
 # contrib/ plugins (their own distributions, as third parties publish them) that the tests exercise installed.
-CONTRIB := contrib/step-cache
+CONTRIB := contrib/step-cache contrib/tome
 
 $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt $(CONTRIB:%=%/pyproject.toml)
 	$(PIP) install -c constraints.txt -r requirements-test.txt
