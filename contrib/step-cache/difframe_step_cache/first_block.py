@@ -24,7 +24,7 @@ from .common import BranchCache, checked
 class FirstBlockCacheSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threshold: float = Field(
-        0.05, gt=0.0, le=1.0, description="largest relative change of the first block's residual that reuses the rest"
+        0.2, gt=0.0, le=1.0, description="largest relative change of the first block's residual that reuses the rest"
     )
 
 
@@ -35,7 +35,7 @@ class FirstBlockCache(InferenceHook):
     targets = ("down_blocks.N", "mid_block", "up_blocks.N")
     stateful = True
 
-    def __init__(self, threshold: float = 0.05) -> None:
+    def __init__(self, threshold: float = 0.2) -> None:
         self.settings = checked(FirstBlockCacheSettings, "first-block-cache", threshold=threshold)
         self._last_up = ""
         self.reset()

@@ -55,3 +55,30 @@ def test_deepcache_matches_package_four_blocks(framework, reference_pipeline, ge
 
 def test_deepcache_matches_package_euler(framework, reference_pipeline, generators, tiny_model):
     _compare(framework, reference_pipeline, generators, tiny_model, 3, 0, 7.5, scheduler="euler")
+
+
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_deepcache_with_pag_matches_reference_pag_pipeline(framework, generators, tiny_model, guidance):
+    """Guiders and step caching compose: PAG's perturbed branch is cached with the others, as the helper does on
+    the reference library's StableDiffusionPAGPipeline."""
+    import diffusers
+    from DeepCache import DeepCacheSDHelper
+
+    ours = framework.build("stable-diffusion", model=tiny_model, guider="pag", guider_options={"pag_scale": 2.5})
+    ours.set_progress_bar_config(disable=True)
+    ours.scheduler = framework.scheduler("ddim", dict(ours.scheduler.config))
+    hook = ours.add_hook("deepcache", interval=3, branch=1)
+    theirs = diffusers.StableDiffusionPAGPipeline.from_pretrained(
+        tiny_model, safety_checker=None, requires_safety_checker=False, pag_applied_layers=["mid"]
+    )
+    theirs.set_progress_bar_config(disable=True)
+    theirs.scheduler = diffusers.DDIMScheduler.from_config(theirs.scheduler.config)
+    helper = DeepCacheSDHelper(pipe=theirs)
+    helper.set_params(cache_interval=3, cache_branch_id=1)
+    helper.enable()
+    kwargs = dict(num_inference_steps=STEPS, guidance_scale=guidance, output_type="np")
+    mine = ours(PROMPT, seed=5, **kwargs).images
+    reference = theirs(PROMPT, generator=generators([5]), pag_scale=2.5, **kwargs).images
+    difference = float(np.abs(mine - reference).max())
+    assert difference <= TOL, f"max abs difference {difference:.2e}"
+    assert hook.steps_run == [i % 3 == 0 for i in range(STEPS)]
