@@ -347,11 +347,13 @@ def png_info(parameters: GenerationParameters | str) -> Any:
 
 
 def save_png(image: Any, path: str | os.PathLike[str], parameters: GenerationParameters | str) -> Path:
-    """Save a PIL image as PNG with its generation parameters embedded."""
+    """Save a PIL image as PNG with its generation parameters embedded; the file appears complete or not at all
+    (written under a temporary name, then renamed over ``path``)."""
+    from .saving import replace_png
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG", pnginfo=png_info(parameters))
-    return path
+    return replace_png(image, path, png_info(parameters))
 
 
 def read_parameters(path_or_image: Any) -> GenerationParameters:

@@ -16,6 +16,30 @@ from typing import Any
 
 def write_png(image: Any, folder: Path, stem: str, pnginfo: Any) -> Path:
     """Save ``image`` as ``folder/<stem>.png`` (``<stem>_1.png``, ... if taken) and return the path."""
+    temporary = _write_temporary(image, folder, stem, pnginfo)
+    try:
+        return _claim_name(temporary, folder, stem)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def replace_png(image: Any, path: Path, pnginfo: Any) -> Path:
+    """Save ``image`` as exactly ``path``, replacing a file there in one rename: the name holds the old file or the
+    complete new one, never a part. ``path`` must not be a folder."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the PNG file's path")
+    temporary = _write_temporary(image, path.parent, path.stem, pnginfo)
+    try:
+        os.replace(temporary, path)
+        return path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def _write_temporary(image: Any, folder: Path, stem: str, pnginfo: Any) -> str:
+    """A hidden, complete, flushed PNG of ``image`` in ``folder`` (removed again if writing fails)."""
     fd, temporary = tempfile.mkstemp(prefix=f".{stem}.", suffix=".png.tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -23,10 +47,11 @@ def write_png(image: Any, folder: Path, stem: str, pnginfo: Any) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes it owner-only
-        return _claim_name(temporary, folder, stem)
-    finally:
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        raise
+    return temporary
 
 
 def _claim_name(temporary: str, folder: Path, stem: str) -> Path:

@@ -196,6 +196,26 @@ def test_a_failed_save_leaves_no_partial_png(pipe, tmp_path, monkeypatch, except
     assert all(p.exists() for p in first)
 
 
+@pytest.mark.parametrize(
+    "exception", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()], ids=["disk-full", "ctrl-c"]
+)
+def test_save_png_replaces_a_file_whole_or_not_at_all(tmp_path, monkeypatch, exception):
+    from difframe_stable_diffusion.metadata import GenerationParameters, read_parameters, save_png
+
+    old = GenerationParameters(prompt="old", steps=2, scheduler="ddim", seed=1, width=8, height=8)
+    path = save_png(Image.new("RGB", (8, 8), "red"), tmp_path / "a.png", old)
+    monkeypatch.setattr(Image.Image, "save", _failing_save(exception))
+    with pytest.raises(type(exception)):
+        save_png(Image.new("RGB", (8, 8), "blue"), path, GenerationParameters(prompt="new", steps=3, seed=1))
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temporary left
+    assert read_parameters(path) == old  # the old file, complete
+    new = GenerationParameters(prompt="new", steps=3, scheduler="ddim", seed=1, width=8, height=8)
+    assert read_parameters(save_png(Image.new("RGB", (8, 8), "blue"), path, new)) == new  # replaced when it works
+    with pytest.raises(IsADirectoryError, match="folder"):
+        save_png(Image.new("RGB", (8, 8)), tmp_path, new)
+
+
 def test_concurrent_saves_into_one_folder_never_share_a_name(pipe, tmp_path):
     out = pipe("a cat", seed=3, num_inference_steps=1, num_images_per_prompt=2)
     paths = [p for group in run_in_threads(lambda _: out.save(tmp_path), range(8)) for p in group]
