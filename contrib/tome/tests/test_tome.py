@@ -89,3 +89,22 @@ def test_with_a_guider(framework, tiny_model, guider, options):
     both = _images(guided, guidance_scale=5.0)
     assert np.isfinite(both).all() and both.shape == (1, SIZE, SIZE, 3)
     assert float(np.abs(both - without).max()) > 1e-4
+
+
+def test_a_guider_step_caching_and_token_merging_in_one_call(framework, tiny_model):
+    """PAG (a guider with its own hook), DeepCache (contrib/step-cache) and token merging together."""
+    guider = dict(guider="pag", guider_options={"pag_scale": 2.0, "layers": ["down"]})
+    cached = framework.build(
+        "stable-diffusion", model=tiny_model, hooks=[("deepcache", {"interval": 2, "branch": 0})], **guider
+    )
+    cached.set_progress_bar_config(disable=True)
+    without = _images(cached, guidance_scale=5.0)
+    cached.add_hook("tome", ratio=0.5)
+    everything = _images(cached, guidance_scale=5.0)
+    assert [hook.name for hook in cached.hooks] == ["identity-self-attention", "deepcache", "tome"]
+    assert np.isfinite(everything).all() and everything.shape == (1, SIZE, SIZE, 3)
+    assert float(np.abs(everything - without).max()) > 1e-4
+    assert cached.guidance_record()["hooks"] == [
+        {"name": "deepcache", "interval": 2, "branch": 0},
+        {"name": "tome", "ratio": 0.5},
+    ]
