@@ -32,6 +32,7 @@ class Generation:
     model: ModelEntry
     prompt: str
     negative_prompt: str = ""
+    networks: tuple[tuple[str, float], ...] = ()  # the prompts' <lora:NAME:WEIGHT> tags: one set per pipeline call
     scheduler: str = "dpmpp_2m"
     steps: int = 20
     guidance_scale: float = 7.0
@@ -55,6 +56,7 @@ class Generation:
             return None
         return (
             self.model,
+            self.networks,
             self.scheduler,
             self.steps,
             self.guidance_scale,
@@ -118,12 +120,18 @@ class Engine:
         leader = jobs[0]
         leader.progress.total = sum(g.count for g in generations)
 
+        spans, begin = [], 0  # each job's images in the call
+        for job, generation in zip(jobs, generations):
+            spans.append((job, begin, begin + generation.count))
+            begin += generation.count
+
         def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> None:
             progress = leader.progress
             progress.start, progress.stop = tensors.get("images", (0, progress.total))
             progress.step, progress.steps = step + 1, steps
-            for job in jobs:
-                job.steps_run += 1
+            for job, first_image, end in spans:  # a step of a chunk counts for the jobs with images in it
+                if first_image < progress.stop and progress.start < end:
+                    job.steps_run += 1
             now = time.monotonic()
             if any(job.preview_wanted for job in jobs) and now - leader.preview_at >= PREVIEW_INTERVAL:
                 for job in jobs:

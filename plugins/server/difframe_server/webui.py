@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .catalog import ModelEntry, UnknownModel
 from .engine import Generation
 from .errors import FieldError
-from .images import decode_image, encode_png
+from .images import decode_image, encode_png, fit_image, open_image
 from .state import ServerState, State
 from .waiting import wait_for
 
@@ -122,6 +122,12 @@ def _refuse_unsupported(req: Txt2ImgRequest, scheduler: str) -> None:
         ("refiner_checkpoint", bool(req.refiner_checkpoint), "refiner models are not available"),
         ("script_name", bool(req.script_name), "scripts are not available"),
         (
+            "infotext",
+            bool(req.infotext),
+            "applying an infotext to the request is not available; send its values as fields "
+            "(POST /sdapi/v1/png-info reads them)",
+        ),
+        (
             "alwayson_scripts",
             bool(req.alwayson_scripts),
             f"extensions are not available (got {', '.join(map(str, req.alwayson_scripts))})",
@@ -180,11 +186,46 @@ def _clip_skip(value: Any, field: str) -> int:
     return value
 
 
+def _networks(req: Txt2ImgRequest) -> tuple[str, str, tuple[tuple[str, float], ...]]:
+    """The prompts and the ``<lora:NAME:WEIGHT>`` tags they hold. With ``disable_extra_networks`` the tags are taken
+    out of the prompts and not applied, as the web UI does; otherwise the pipeline applies them."""
+    from difframe_stable_diffusion.prompt_networks import parse_lora_tags
+
+    found: dict[str, float] = {}
+    texts = []
+    for field, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt)):
+        try:
+            stripped, tags = parse_lora_tags(text)
+        except ValueError as error:
+            raise FieldError(field, str(error)) from None
+        found.update(tags)
+        texts.append(stripped if req.disable_extra_networks else text)
+    networks = () if req.disable_extra_networks else tuple(sorted(found.items()))
+    if networks:  # checked here, and answered without the server's paths
+        from difframe_stable_diffusion.prompt_networks import LORA_DIR_ENV, available_loras, lora_folder
+
+        try:
+            folder = lora_folder(None)
+        except ValueError:
+            folder = None
+        names = set(available_loras(folder)) if folder is not None else set()
+        for name, _ in networks:
+            if name not in names:
+                where = "this server has no LoRA folder" if folder is None else "this server has no LoRA of that name"
+                raise FieldError(
+                    "prompt",
+                    f"<lora:{name}:...>: {where} (${LORA_DIR_ENV} on the server); remove the tag, or send "
+                    "disable_extra_networks: true to ignore tags",
+                )
+    return texts[0], texts[1], networks
+
+
 def _generation(state: ServerState, req: Txt2ImgRequest, init_image: Any = None) -> tuple[Generation, int]:
     """The request in difframe's terms, and the web-UI clip skip it runs with."""
     scheduler = _scheduler(state, req)
     _refuse_unsupported(req, scheduler)
     model, clip_skip = _settings(state, req.override_settings)
+    prompt, negative_prompt, networks = _networks(req)
     strength = None
     if init_image is not None:
         strength = req.denoising_strength
@@ -192,8 +233,9 @@ def _generation(state: ServerState, req: Txt2ImgRequest, init_image: Any = None)
             raise FieldError("denoising_strength", f"must be between 0 and 1, got {strength!r}")
     generation = Generation(
         model=model,
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        networks=networks,
         scheduler=scheduler,
         steps=req.steps,
         guidance_scale=req.cfg_scale,
@@ -281,12 +323,41 @@ async def img2img(req: Img2ImgRequest, request: Request, state: State) -> dict:
         raise FieldError("init_images", f"one init image per request is supported, got {len(req.init_images)}")
     if req.mask:
         raise FieldError("mask", "inpainting through this API is not available; send no mask")
-    if req.resize_mode != 0:
-        raise FieldError("resize_mode", "only resize mode 0 (just resize) is available")
+    if req.resize_mode not in (0, 1, 2):
+        raise FieldError(
+            "resize_mode",
+            f"resize mode {req.resize_mode!r} is not available; use 0 (just resize), 1 (crop and resize) or 2 "
+            "(resize and fill)" + (" (3, latent upscale, resizes in latent space)" if req.resize_mode == 3 else ""),
+        )
     if req.initial_noise_multiplier not in (None, 1.0):
         raise FieldError("initial_noise_multiplier", "only 1 is available")
     image = decode_image(req.init_images[0], "init_images[0]", state.settings.limits.max_upload_pixels)
+    image = fit_image(image, req.width, req.height, req.resize_mode)
     return await _generate(request, state, req, image)
+
+
+class PngInfoRequest(BaseModel):
+    image: str = Field(description="a PNG, base64-encoded (or a data:image/png;base64, URL)")
+
+
+@router.post("/png-info")
+def png_info(req: PngInfoRequest, state: State) -> dict[str, Any]:
+    """The generation parameters stored in an image, as the web UI reads them: ``info`` is the "parameters" text,
+    ``parameters`` its fields (Prompt, Negative prompt, Steps, Sampler, Size-1, Size-2, ...), ``items`` the
+    image's other text chunks. An image without parameters answers empty values, as the web UI does."""
+    from difframe_stable_diffusion.metadata import PNG_KEY, split_parameters
+
+    image = open_image(req.image, "image", state.settings.limits.max_upload_pixels)
+    text = image.info.get(PNG_KEY)
+    items = {k: v for k, v in image.info.items() if k != PNG_KEY and isinstance(v, str)}
+    if not isinstance(text, str) or not text.strip():
+        return {"info": "", "items": items, "parameters": {}}
+    prompt, negative, settings = split_parameters(text)
+    parameters: dict[str, Any] = {"Prompt": prompt, "Negative prompt": negative, **settings}
+    size = settings.get("Size", "")
+    if "x" in size:
+        parameters["Size-1"], _, parameters["Size-2"] = (part.strip() for part in size.partition("x"))
+    return {"info": text, "items": items, "parameters": parameters}
 
 
 @router.get("/samplers")

@@ -54,6 +54,17 @@ def assert_refused(response: requests.Response, status: int, field: str) -> None
         ({**SMALL, "sampler_name": "DDIM", "eta": 1.0}, "eta"),
         ({**SMALL, "override_settings": {"eta_noise_seed_delta": 31337}}, "override_settings.eta_noise_seed_delta"),
         ({**SMALL, "override_settings": {"CLIP_stop_at_last_layers": 40}}, "CLIP_stop_at_last_layers"),
+        ({**SMALL, "styles": ["Cinematic"]}, "styles"),
+        ({**SMALL, "tiling": True}, "tiling"),
+        ({**SMALL, "s_churn": 0.5}, "s_churn"),
+        ({**SMALL, "s_noise": 1.1}, "s_noise"),
+        ({**SMALL, "seed_resize_from_w": 128}, "seed_resize_from_w"),
+        ({**SMALL, "refiner_checkpoint": "other"}, "refiner_checkpoint"),
+        ({**SMALL, "script_name": "x/y/z plot"}, "script_name"),
+        ({**SMALL, "infotext": "a cat\nSteps: 30, Sampler: Euler, CFG scale: 7, Seed: 1"}, "infotext"),
+        ({**SMALL, "prompt": "a cat <lora::0.5>"}, "prompt"),
+        ({**SMALL, "prompt": "a cat <lora:../../etc/passwd:1>"}, "prompt"),
+        ({**SMALL, "negative_prompt": "<lora:ink:0.5>"}, "prompt"),
     ],
 )
 def test_txt2img_refuses_with_the_field_named(server, payload, field):
@@ -86,6 +97,11 @@ def test_img2img_other_refusals(server):
     image = png_base64()
     assert_refused(post(server, "/sdapi/v1/img2img", {**SMALL}), 422, "init_images")
     assert_refused(post(server, "/sdapi/v1/img2img", {**SMALL, "init_images": [image], "mask": image}), 422, "mask")
+    for mode in (3, 7, -1):
+        refused = post(server, "/sdapi/v1/img2img", {**SMALL, "init_images": [image], "resize_mode": mode})
+        assert_refused(refused, 422, "resize_mode")
+    assert_refused(post(server, "/sdapi/v1/png-info", {"image": "not an image"}), 422, "image")
+    assert_refused(post(server, "/sdapi/v1/png-info", {}), 422, "image")
     bad_strength = {**SMALL, "init_images": [image], "denoising_strength": 1.5}
     assert_refused(post(server, "/sdapi/v1/img2img", bad_strength), 422, "denoising_strength")
 
@@ -93,6 +109,14 @@ def test_img2img_other_refusals(server):
 def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
     huge = {**SMALL, "init_images": ["A" * 3_000_000]}
     assert_refused(post(server, "/sdapi/v1/img2img", huge), 413, "max_upload_bytes")
+
+
+def test_lora_tags_without_extra_networks_are_taken_out_as_the_web_ui_does(server):
+    plain = post(server, "/sdapi/v1/txt2img", SMALL)
+    tagged = {**SMALL, "prompt": "a red circle<lora:ink:0.8>", "disable_extra_networks": True}
+    response = post(server, "/sdapi/v1/txt2img", tagged)
+    assert response.status_code == 200, response.text
+    assert response.json()["images"] == plain.json()["images"]  # the tag changed nothing
 
 
 def test_unknown_fields_are_ignored_like_the_web_ui_and_the_server_keeps_serving(server):

@@ -81,6 +81,37 @@ def test_img2img_equals_a_direct_call(client, framework):
     assert result.parameters["init_images"] is None  # as the web UI: not echoed unless include_init_images
 
 
+@pytest.mark.parametrize("mode", [1, 2])
+def test_img2img_resize_modes_equal_a_direct_call_on_the_fitted_image(client, framework, mode):
+    from difframe_server.images import fit_image
+
+    init = Image.new("RGB", (96, 48), "blue")
+    ImageDraw.Draw(init).rectangle((0, 0, 10, 47), fill="red")  # a left edge that crop cuts off and fill stretches
+    result = client.img2img(
+        images=[init], prompt=PROMPT, seed=5, steps=2, width=64, height=64, resize_mode=mode, sampler_name="Euler"
+    )
+    fitted = fit_image(init, 64, 64, mode)
+    assert fitted.size == (64, 64)
+    if mode == 1:  # cover and crop: the centre of the image, the red edge gone
+        assert fitted.getpixel((0, 32)) == (0, 0, 255)
+    else:  # fit and fill: the margins above and below repeat the outer rows, red at the left
+        assert fitted.getpixel((1, 0))[0] > 200 and fitted.getpixel((60, 63)) == (0, 0, 255)
+    direct_pipe = framework.build("stable-diffusion-img2img", scheduler="euler")
+    direct = direct_pipe(PROMPT, image=fitted, strength=0.75, seed=5, num_inference_steps=2, guidance_scale=7.0)
+    assert_same_image(result.image, direct.images[0])
+
+
+def test_png_info_reads_what_txt2img_wrote(client):
+    result = client.txt2img(prompt="a fox\nNegative prompt: not one", negative_prompt="blur", seed=4, steps=1,
+                            width=64, height=64, sampler_name="Euler")  # fmt: skip
+    info = client.png_info(result.image)
+    assert info.info == result.info["infotexts"][0]
+    fields = info.parameters
+    assert (fields["Prompt"], fields["Negative prompt"]) == ("a fox\nNegative prompt: not one", "blur")
+    assert (fields["Steps"], fields["Seed"], fields["Size-1"], fields["Size-2"]) == ("1", "4", "64", "64")
+    assert client.png_info(Image.new("RGB", (8, 8))).json == {"info": "", "items": {}, "parameters": {}}
+
+
 def test_options_clip_skip_and_model(client, server, reference):
     assert client.get_options()["sd_model_checkpoint"] == "difframe-shapes"
     assert client.util_get_current_model() == "difframe-shapes"
