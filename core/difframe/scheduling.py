@@ -7,10 +7,12 @@ noise level of the equivalent variance-exploding process (k-diffusion's σ), so 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -411,6 +413,123 @@ def check_schedule_values(values: Mapping[str, Any], label: str) -> None:
         raise ConfigError(f"invalid scheduler config for {label}: " + "; ".join(problems))
 
 
+@dataclass(frozen=True)
+class ScheduleOption:
+    """One shared scheduler_config.json option: its type and common default (a sampler may change the default)."""
+
+    annotation: Any
+    default: Any
+    help: str
+
+
+# The options that the samplers share, declared once. A sampler lists the ones it takes in ``schedule_options``
+# (its base class's list, by default) and changes a default in ``schedule_defaults``; its own ``__init__`` declares
+# only the options that are its own.
+SCHEDULE_OPTIONS: Mapping[str, ScheduleOption] = {
+    "num_train_timesteps": ScheduleOption(int, 1000, "training timesteps T"),
+    "beta_start": ScheduleOption(float, 0.0001, "β of the first training timestep"),
+    "beta_end": ScheduleOption(float, 0.02, "β of the last training timestep"),
+    "beta_schedule": ScheduleOption(BetaSchedule, "linear", "how β goes from beta_start to beta_end"),
+    "trained_betas": ScheduleOption(list[float] | None, None, "explicit βs instead of a schedule"),
+    "prediction_type": ScheduleOption(PredictionType, "epsilon", "what the model predicts"),
+    "timestep_spacing": ScheduleOption(TimestepSpacing, "linspace", "how inference timesteps are spread"),
+    "steps_offset": ScheduleOption(int, 0, "added to 'leading' timesteps"),
+    "rescale_betas_zero_snr": ScheduleOption(bool, False, "rescale the schedule to zero terminal SNR"),
+    "use_karras_sigmas": ScheduleOption(bool, False, "respace σ as Karras et al. 2022"),
+    "use_exponential_sigmas": ScheduleOption(bool, False, "respace σ evenly in log σ"),
+    "use_beta_sigmas": ScheduleOption(bool, False, "respace σ at Beta(0.6, 0.6) quantiles"),
+    "sigma_min": ScheduleOption(float | None, None, "lowest σ of a respaced schedule"),
+    "sigma_max": ScheduleOption(float | None, None, "highest σ of a respaced schedule"),
+    "final_sigmas_type": ScheduleOption(FinalSigmas, "zero", "σ after the last step"),
+    "clip_sample": ScheduleOption(bool, False, "clip x̂_0 to ±clip_sample_range"),
+    "clip_sample_range": ScheduleOption(float, 1.0, "bound of clip_sample"),
+    "thresholding": ScheduleOption(bool, False, "Imagen's dynamic thresholding of x̂_0"),
+    "dynamic_thresholding_ratio": ScheduleOption(float, 0.995, "quantile of dynamic thresholding"),
+    "sample_max_value": ScheduleOption(float, 1.0, "bound of dynamic thresholding"),
+    "set_alpha_to_one": ScheduleOption(bool, True, "ᾱ after the last step: 1 (clean) or ᾱ_0"),
+    "solver_order": ScheduleOption(int, 2, "how many previous model outputs a multistep solver uses"),
+}
+NOISE_SCHEDULE = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "prediction_type",
+    "timestep_spacing",
+    "steps_offset",
+    "rescale_betas_zero_snr",
+)
+SIGMA_RESPACING = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+SIGMA_BOUNDS = ("sigma_min", "sigma_max", "final_sigmas_type")
+CLIPPING = ("clip_sample", "clip_sample_range")
+THRESHOLDING = ("thresholding", "dynamic_thresholding_ratio", "sample_max_value")
+
+
+def defaults(**values: Any) -> Mapping[str, Any]:
+    """A sampler's ``schedule_defaults``: the shared options whose default it changes, e.g.
+    ``defaults(beta_start=0.00085, beta_end=0.012)``."""
+    return MappingProxyType(values)
+
+
+_DECLARES_ITSELF = object()
+
+
+def _compose_init(cls: type[SchedulerMixin]) -> None:
+    """Give ``cls`` an ``__init__`` whose signature is its own options plus the shared ones it takes (typed and
+    defaulted from SCHEDULE_OPTIONS), so the config records and validates all of them. The base class prepares the
+    noise schedule (``prepare_schedule``) before the class's own ``__init__`` runs with its own options."""
+    own = cls.__dict__.get("__init__") or getattr(cls, "_own_init", None)
+    if own is _DECLARES_ITSELF:
+        return
+    own_parameters = list(inspect.signature(own).parameters.values())[1:] if own else []
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in own_parameters):
+        cls._own_init = _DECLARES_ITSELF  # takes *args or **kwargs: it declares its config itself, as before
+        return
+    cls._own_init = own
+    defaults: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        defaults.update(klass.__dict__.get("schedule_defaults", {}))
+    unknown = sorted((set(cls.schedule_options) | set(defaults)) - set(SCHEDULE_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"{cls.__name__}: {', '.join(unknown)} not shared schedule options (difframe.scheduling.SCHEDULE_OPTIONS); "
+            "declare an option of your own as an __init__ parameter"
+        )
+    own_names = [p.name for p in own_parameters]
+    shared = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=defaults.get(name, SCHEDULE_OPTIONS[name].default),
+            annotation=SCHEDULE_OPTIONS[name].annotation,
+        )
+        for name in cls.schedule_options
+        if name not in own_names
+    ]
+    first = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    signature = inspect.Signature([first, *own_parameters, *shared], return_annotation=None)
+
+    def __init__(self: SchedulerMixin, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        self.prepare_schedule()
+        if own is not None:
+            own(self, **{name: bound.arguments[name] for name in own_names})
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__annotations__ = {
+        **(own.__annotations__ if own else {}),
+        **{p.name: p.annotation for p in shared},
+        "return": None,
+    }
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__doc__ = own.__doc__ if own else None
+    if own is not None:
+        __init__.__wrapped__ = own  # type: ignore[attr-defined]  # typing.get_type_hints reads its module's names
+    cls.__init__ = __init__  # type: ignore[method-assign]
+
+
 class SchedulerMixin(ConfigMixin):
     """Every sampler: set_timesteps, scale_model_input, step, add_noise, init_noise_sigma, order.
 
@@ -419,6 +538,9 @@ class SchedulerMixin(ConfigMixin):
     """
 
     config_name: ClassVar[str] = "scheduler_config.json"
+    # The shared options (SCHEDULE_OPTIONS) this sampler takes, and the defaults in which it differs.
+    schedule_options: ClassVar[tuple[str, ...]] = ()
+    schedule_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     # Config options of the reference counterpart that this sampler refuses: building it with one of them set to
     # anything but its default is an error that gives the reason (rather than a key kept and silently ignored).
     refused_options: ClassVar[Mapping[str, Refused]] = {}
@@ -426,6 +548,13 @@ class SchedulerMixin(ConfigMixin):
     init_noise_sigma: float = 1.0
     timesteps: torch.Tensor
     num_inference_steps: int | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        _compose_init(cls)
+        super().__init_subclass__(**kwargs)
+
+    def prepare_schedule(self) -> None:
+        """Derive the noise schedule from ``self.config``; runs before a sampler's own ``__init__``."""
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any], *, label: str | None = None) -> dict[str, Any]:
@@ -460,14 +589,20 @@ class SchedulerMixin(ConfigMixin):
 class AlphaScheduler(SchedulerMixin):
     """Base of the samplers that step between integer training timesteps using ᾱ_t (DDPM, DDIM, PNDM, LCM...).
 
-    Subclasses call ``_init_alphas`` from ``__init__``.
+    It sets ``alphas_cumprod`` (ᾱ per training timestep) and ``final_alpha_cumprod`` (the ᾱ after the last step,
+    see ``alpha_prod_at``); ``set_spaced_timesteps`` sets the integer timesteps of a run.
     """
 
+    schedule_options = (*NOISE_SCHEDULE, *CLIPPING, *THRESHOLDING, "set_alpha_to_one")
+    schedule_defaults = defaults(timestep_spacing="leading")
+    # True: keep ᾱ_T just above 0 with a zero-SNR schedule (for a sampler that divides by ᾱ_t).
+    finite_sigmas: ClassVar[bool] = False
     alphas_cumprod: torch.Tensor
     final_alpha_cumprod: torch.Tensor
 
-    def _init_alphas(self, *, set_alpha_to_one: bool = True, finite_sigmas: bool = False) -> None:
+    def prepare_schedule(self) -> None:
         c = self.config
+        finite_sigmas, set_alpha_to_one = self.finite_sigmas, c.get("set_alpha_to_one", True)
         self.alphas_cumprod = make_alphas_cumprod(
             c.num_train_timesteps,
             c.beta_start,
@@ -485,7 +620,9 @@ class AlphaScheduler(SchedulerMixin):
     def alpha_prod_at(self, timestep: Any) -> torch.Tensor:
         return self.alphas_cumprod[timestep] if timestep >= 0 else self.final_alpha_cumprod
 
-    def _spaced(self, num_inference_steps: int | None, timesteps: Sequence[int] | None, device: Any) -> None:
+    def set_spaced_timesteps(
+        self, num_inference_steps: int | None, timesteps: Sequence[int] | None = None, device: Any = None
+    ) -> None:
         """Set integer timesteps from the config's spacing, or from an explicit descending list."""
         c = self.config
         check_steps(num_inference_steps, timesteps, None, c.num_train_timesteps)
@@ -525,7 +662,50 @@ def _first_step_index(matches: torch.Tensor) -> int:
     return int(matches[1].item()) if len(matches) > 1 and first != 0 else first
 
 
-class SigmaScheduler(SchedulerMixin):
+class StepTracking:
+    """Where in its schedule a run is, for a sampler whose step depends on the position and not only on the timestep
+    (σ-based and multistep samplers, LCM). ``step`` calls ``current_index`` first and ``advance`` last;
+    ``set_timesteps`` calls ``restart``. Mix it in before the sampler base class."""
+
+    timesteps: torch.Tensor
+    num_inference_steps: int | None
+    _step_index: int | None = None
+    _begin_index: int | None = None
+
+    def restart(self) -> None:
+        """Forget where in the schedule the last run was (``set_timesteps`` calls it)."""
+        self._step_index = None
+        self._begin_index = None
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at this step (image-to-image pipelines that skip the first steps call it)."""
+        self._begin_index = begin_index
+
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        matches = (schedule == torch.as_tensor(timestep, device=schedule.device)).nonzero()
+        if len(matches) == 0:
+            raise ValueError(f"timestep {float(timestep)} is not in this sampler's schedule; use scheduler.timesteps")
+        return _first_step_index(matches)
+
+    def current_index(self, timestep: Any) -> int:
+        """The schedule position of this step (from the begin index, or found from ``timestep`` at the first step)."""
+        if self.num_inference_steps is None:
+            raise RuntimeError(f"call set_timesteps before stepping {type(self).__name__}")
+        if self._step_index is None:
+            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
+        return self._step_index
+
+    def advance(self) -> None:
+        """Move to the next schedule position; ``step`` calls it once it has used ``current_index``."""
+        self._step_index = (self._step_index or 0) + 1
+
+
+class SigmaScheduler(StepTracking, SchedulerMixin):
     """Base of the samplers that integrate over σ, k-diffusion style (Euler, Heun, LMS, DPM2, DPM++ SDE...).
 
     ``self.sigmas`` holds one σ per step plus the final one; ``self.timesteps`` the (fractional) training timestep
@@ -533,11 +713,10 @@ class SigmaScheduler(SchedulerMixin):
     so ``scale_model_input`` divides by sqrt(σ² + 1) before the model sees it.
     """
 
+    schedule_options = (*NOISE_SCHEDULE, *SIGMA_RESPACING)
     sigmas: torch.Tensor
-    _step_index: int | None = None
-    _begin_index: int | None = None
 
-    def _init_sigmas(self) -> None:
+    def prepare_schedule(self) -> None:
         c = self.config
         respacing = sigma_respacing(c)
         self.alphas_cumprod = make_alphas_cumprod(
@@ -565,7 +744,7 @@ class SigmaScheduler(SchedulerMixin):
         # 'leading' starts below T - 1, where the model was trained on x_t, not on x_σ: scale up like x_t would be.
         return sigma_max if self.config.timestep_spacing in ("linspace", "trailing") else (sigma_max**2 + 1) ** 0.5
 
-    def _sigma_schedule(
+    def sigma_schedule(
         self,
         num_inference_steps: int | None,
         timesteps: Sequence[float] | None,
@@ -612,35 +791,16 @@ class SigmaScheduler(SchedulerMixin):
             return float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
         return 0.0
 
-    def _reset(self) -> None:
-        self._step_index = None
-        self._begin_index = None
-
-    # --- where in the schedule we are ----------------------------------------------------------------------------
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start at this step (image-to-image pipelines that skip the first steps call it)."""
-        self._begin_index = begin_index
-
-    def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
-        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
-        matches = (schedule == torch.as_tensor(timestep, device=schedule.device)).nonzero()
-        if len(matches) == 0:
-            raise ValueError(f"timestep {float(timestep)} is not in this sampler's schedule; use scheduler.timesteps")
-        return _first_step_index(matches)
-
-    def _ensure_step_index(self, timestep: Any) -> int:
-        if self.num_inference_steps is None:
-            raise RuntimeError(f"call set_timesteps before stepping {type(self).__name__}")
-        if self._step_index is None:
-            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
-        return self._step_index
+    def set_schedule(self, timesteps: Any, sigmas: Any, device: Any = None) -> None:
+        """Use these timesteps (one per model call) and σs (one per model call plus the final one) for the next run,
+        starting from its first step."""
+        self.timesteps = torch.as_tensor(np.asarray(timesteps)).to(device=device, dtype=torch.float32)
+        self.sigmas = torch.as_tensor(np.asarray(sigmas))
+        self.num_inference_steps = len(self.timesteps)
+        self.restart()
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        sigma = self.sigmas[self._ensure_step_index(timestep)]
+        sigma = self.sigmas[self.current_index(timestep)]
         return sample / (sigma**2 + 1) ** 0.5
 
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -663,18 +823,19 @@ class MultistepScheduler(SigmaScheduler):
     VE noise levels of the steps, converted with ``alpha_sigma``. Integer timesteps.
     """
 
+    schedule_options = (*NOISE_SCHEDULE, *SIGMA_RESPACING, *THRESHOLDING, "solver_order")
     init_noise_sigma = 1.0  # type: ignore[assignment]
     model_outputs: list[torch.Tensor | None]
     lower_order_nums: int = 0
 
-    def _init_multistep(self) -> None:
-        self._init_sigmas()
+    def prepare_schedule(self) -> None:
+        super().prepare_schedule()
         self.sigmas = torch.from_numpy(sigmas_from_alphas_cumprod(self.alphas_cumprod))
         self.timesteps = torch.arange(self.config.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
         self.model_outputs = [None] * self.config.solver_order
         self.lower_order_nums = 0
 
-    def _multistep_schedule(
+    def set_multistep_schedule(
         self,
         num_inference_steps: int | None,
         timesteps: Sequence[int] | None,
@@ -719,7 +880,7 @@ class MultistepScheduler(SigmaScheduler):
         self.num_inference_steps = len(self.timesteps)
         self.model_outputs = [None] * c.solver_order
         self.lower_order_nums = 0
-        self._reset()
+        self.restart()
 
     def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
         schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
@@ -764,7 +925,8 @@ class MultistepScheduler(SigmaScheduler):
             x0 = model_output
         return dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value) if c.thresholding else x0
 
-    def _remember(self, output: torch.Tensor) -> None:
+    def remember(self, output: torch.Tensor) -> None:
+        """Keep ``output`` as the newest of the last ``solver_order`` converted model outputs."""
         self.model_outputs = [*self.model_outputs[1:], output]
 
     def lambdas(self, *indices: int, device: Any = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

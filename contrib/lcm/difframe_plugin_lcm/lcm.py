@@ -10,21 +10,19 @@ import numpy as np
 import torch
 from difframe.scheduling import (
     AlphaScheduler,
-    BetaSchedule,
-    PredictionType,
     SchedulerOutput,
-    TimestepSpacing,
+    StepTracking,
     check_steps,
+    defaults,
     randn_like,
     x0_from_alpha,
 )
 
 
-class ConsistencyScheduler(AlphaScheduler):
+class ConsistencyScheduler(StepTracking, AlphaScheduler):
     """What LCM and TCD share: the distillation timesteps, picking a subset of them, and tracking the step."""
 
-    _step_index: int | None = None
-    _begin_index: int | None = None
+    schedule_defaults = defaults(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
     def _origin_timesteps(self, original_steps: int, strength: float) -> np.ndarray:
         """The timesteps the model was distilled on: every (T // original_steps)-th, ending at T - 1."""
@@ -60,27 +58,7 @@ class ConsistencyScheduler(AlphaScheduler):
             chosen = origin[::-1][picks]
             self.num_inference_steps = num_inference_steps
         self.timesteps = torch.from_numpy(chosen.copy()).to(device=device, dtype=torch.long)
-        self._step_index, self._begin_index = None, None
-
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = begin_index
-
-    def _ensure_step_index(self, timestep: Any) -> int:
-        if self.num_inference_steps is None:
-            raise RuntimeError(f"call set_timesteps before stepping {type(self).__name__}")
-        if self._step_index is None:
-            if self._begin_index is not None:
-                self._step_index = self._begin_index
-            else:
-                matches = (self.timesteps == torch.as_tensor(timestep, device=self.timesteps.device)).nonzero()
-                if len(matches) == 0:
-                    raise ValueError(f"timestep {int(timestep)} is not in this sampler's schedule")
-                self._step_index = int(matches[1 if len(matches) > 1 else 0])
-        return self._step_index
+        self.restart()
 
 
 class LCMScheduler(ConsistencyScheduler):
@@ -88,25 +66,11 @@ class LCMScheduler(ConsistencyScheduler):
 
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: BetaSchedule = "scaled_linear",
-        trained_betas: list[float] | None = None,
         original_inference_steps: int = 50,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: PredictionType = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        timestep_spacing: TimestepSpacing = "leading",
         timestep_scaling: float = 10.0,
-        rescale_betas_zero_snr: bool = False,
     ) -> None:
-        self._init_alphas(set_alpha_to_one=set_alpha_to_one)
+        """``original_inference_steps``: the distillation schedule's steps, which the timesteps are chosen from;
+        ``timestep_scaling``: scales the timestep in the consistency boundary condition."""
 
     def set_timesteps(
         self,
@@ -128,7 +92,7 @@ class LCMScheduler(ConsistencyScheduler):
     def step(
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: torch.Generator | None = None
     ) -> SchedulerOutput:
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         timestep = torch.as_tensor(timestep).cpu()  # the schedule may live on the GPU; ᾱ stays on the CPU
         prev_t = self.timesteps[i + 1].cpu() if i + 1 < len(self.timesteps) else timestep
         a_t, a_prev = self.alphas_cumprod[timestep], self.alpha_prod_at(prev_t)
@@ -139,5 +103,5 @@ class LCMScheduler(ConsistencyScheduler):
             prev = a_prev.sqrt() * denoised + (1 - a_prev).sqrt() * randn_like(model_output, generator, denoised.dtype)
         else:
             prev = denoised
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(prev, denoised)

@@ -9,10 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from difframe.scheduling import (
-    BetaSchedule,
-    PredictionType,
     SchedulerOutput,
-    TimestepSpacing,
     randn_like,
     x0_from_alpha,
 )
@@ -25,25 +22,11 @@ class TCDScheduler(ConsistencyScheduler):
 
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: BetaSchedule = "scaled_linear",
-        trained_betas: list[float] | None = None,
         original_inference_steps: int = 50,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: PredictionType = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        timestep_spacing: TimestepSpacing = "leading",
         timestep_scaling: float = 10.0,
-        rescale_betas_zero_snr: bool = False,
     ) -> None:
-        self._init_alphas(set_alpha_to_one=set_alpha_to_one)
+        """``original_inference_steps``: the distillation schedule's steps, which the timesteps are chosen from;
+        ``timestep_scaling``: scales the timestep in the consistency boundary condition."""
 
     def set_timesteps(
         self,
@@ -70,7 +53,7 @@ class TCDScheduler(ConsistencyScheduler):
     ) -> SchedulerOutput:
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         timestep = torch.as_tensor(timestep).cpu()  # the schedule may live on the GPU; ᾱ stays on the CPU
         prev_t = self.timesteps[i + 1].cpu() if i + 1 < len(self.timesteps) else torch.tensor(0)
         s = torch.floor((1 - eta) * prev_t).to(dtype=torch.long)
@@ -82,5 +65,5 @@ class TCDScheduler(ConsistencyScheduler):
             prev = (a_prev / a_s).sqrt() * noised + (1 - a_prev / a_s).sqrt() * noise
         else:
             prev = noised
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(prev, noised)

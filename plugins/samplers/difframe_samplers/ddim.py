@@ -8,10 +8,8 @@ from typing import Any
 import torch
 from difframe.scheduling import (
     AlphaScheduler,
-    BetaSchedule,
-    PredictionType,
     SchedulerOutput,
-    TimestepSpacing,
+    defaults,
     randn_like,
     x0_from_alpha,
 )
@@ -19,31 +17,12 @@ from difframe.scheduling import (
 
 class DDIMScheduler(AlphaScheduler):
     layout_name = ("diffusers", "DDIMScheduler")
-
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
-        clip_sample: bool = True,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: PredictionType = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        clip_sample_range: float = 1.0,
-        sample_max_value: float = 1.0,
-        timestep_spacing: TimestepSpacing = "leading",
-        rescale_betas_zero_snr: bool = False,
-    ) -> None:
-        self._init_alphas(set_alpha_to_one=set_alpha_to_one)
+    schedule_defaults = defaults(clip_sample=True)
 
     def set_timesteps(
         self, num_inference_steps: int | None = None, device: Any = None, *, timesteps: Sequence[int] | None = None
     ) -> None:
-        self._spaced(num_inference_steps, timesteps, device)
+        self.set_spaced_timesteps(num_inference_steps, timesteps, device)
 
     def _prev_timestep(self, timestep: int) -> int:
         if self.num_inference_steps is None:

@@ -8,10 +8,8 @@ from typing import Any, Literal
 import torch
 from difframe.scheduling import (
     AlphaScheduler,
-    BetaSchedule,
-    PredictionType,
     SchedulerOutput,
-    TimestepSpacing,
+    defaults,
     randn_like,
     split_variance,
     x0_from_alpha,
@@ -23,33 +21,22 @@ from .options import refused_options
 class DDPMScheduler(AlphaScheduler):
     layout_name = ("diffusers", "DDPMScheduler")
     refused_options = refused_options("DDPMScheduler")
+    # No set_alpha_to_one: the last step always goes to ᾱ = 1, as in the reference.
+    schedule_options = tuple(o for o in AlphaScheduler.schedule_options if o != "set_alpha_to_one")
+    schedule_defaults = defaults(clip_sample=True)
 
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
         # None (from a DPM-Solver config) is a model that predicts no variance: fixed_small, as in the reference.
         variance_type: Literal["fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range"]
         | None = "fixed_small",
-        clip_sample: bool = True,
-        prediction_type: PredictionType = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        clip_sample_range: float = 1.0,
-        sample_max_value: float = 1.0,
-        timestep_spacing: TimestepSpacing = "leading",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
     ) -> None:
-        self._init_alphas()
+        """``variance_type``: the variance of each step's noise (the posterior's, the prior's, or the model's)."""
 
     def set_timesteps(
         self, num_inference_steps: int | None = None, device: Any = None, *, timesteps: Sequence[int] | None = None
     ) -> None:
-        self._spaced(num_inference_steps, timesteps, device)
+        self.set_spaced_timesteps(num_inference_steps, timesteps, device)
 
     def _prev_timestep(self, timestep: int) -> int:
         if self.num_inference_steps is None:

@@ -9,11 +9,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from difframe.scheduling import (
-    BetaSchedule,
     MultistepScheduler,
-    PredictionType,
     SchedulerOutput,
-    TimestepSpacing,
     alpha_sigma,
 )
 
@@ -44,47 +41,31 @@ class DEISScheduler(MultistepScheduler):
 
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
         solver_order: Literal[1, 2, 3] = 2,
-        prediction_type: PredictionType = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
         # DPM-Solver's algorithm and the other solvers' types (from their configs) mean log-ρ DEIS here.
         algorithm_type: Literal["deis", "dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"] = "deis",
         solver_type: Literal["logrho", "midpoint", "heun", "bh1", "bh2"] = "logrho",
         lower_order_final: bool = True,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
     ) -> None:
         if algorithm_type != "deis" or solver_type != "logrho":
             self.register_to_config(algorithm_type="deis", solver_type="logrho")
-        self._init_multistep()
 
     def set_timesteps(
         self, num_inference_steps: int | None = None, device: Any = None, *, timesteps: Sequence[int] | None = None
     ) -> None:
         # DEIS never steps to σ = 0: it ends at the σ of timestep 0.
-        self._multistep_schedule(num_inference_steps, timesteps, device, final_sigmas_type="sigma_min")
+        self.set_multistep_schedule(num_inference_steps, timesteps, device, final_sigmas_type="sigma_min")
 
     def step(
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *, generator: Any = None
     ) -> SchedulerOutput:
         c = self.config
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         n = len(self.timesteps)
         short = c.lower_order_final and n < 15
         x0 = self.data_prediction(model_output, sample)
         alpha_t, sigma_t = alpha_sigma(self.sigmas[i])
-        self._remember((sample - alpha_t * x0) / sigma_t)  # DEIS integrates noise predictions
+        self.remember((sample - alpha_t * x0) / sigma_t)  # DEIS integrates noise predictions
         if c.solver_order == 1 or self.lower_order_nums < 1 or (i == n - 1 and short):
             prev = self._update(sample, 1)
         elif c.solver_order == 2 or self.lower_order_nums < 2 or (i == n - 2 and short):
@@ -92,7 +73,7 @@ class DEISScheduler(MultistepScheduler):
         else:
             prev = self._update(sample, 3)
         self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(prev, x0)
 
     def _update(self, x: torch.Tensor, order: int) -> torch.Tensor:

@@ -11,11 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 from difframe.scheduling import (
-    BetaSchedule,
-    PredictionType,
     SchedulerOutput,
     SigmaScheduler,
-    TimestepSpacing,
+    defaults,
     randn_like,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
@@ -30,10 +28,11 @@ def doubled(values: torch.Tensor) -> torch.Tensor:
 
 class _DPM2Base(SigmaScheduler):
     order = 2
+    schedule_defaults = defaults(beta_start=0.00085, beta_end=0.012)
     sigmas_interpol: torch.Tensor
 
     def _schedule(self, num_inference_steps: int | None, train_steps: int | None) -> tuple[torch.Tensor, np.ndarray]:
-        steps, sigmas = self._sigma_schedule(
+        steps, sigmas = self.sigma_schedule(
             num_inference_steps, None, None, round_karras=True, num_train_timesteps=train_steps
         )
         self.num_inference_steps = len(steps)
@@ -46,7 +45,7 @@ class _DPM2Base(SigmaScheduler):
         pairs = torch.stack((mid[: len(steps) - 1, None], steps_t[1:, None]), dim=-1).flatten()
         self.timesteps = torch.cat([steps_t[:1], pairs]).to(device)
         self._first_sample: torch.Tensor | None = None
-        self._reset()
+        self.restart()
 
     @property
     def _in_first_half(self) -> bool:
@@ -56,22 +55,7 @@ class _DPM2Base(SigmaScheduler):
 class DPM2Scheduler(_DPM2Base):
     layout_name = ("diffusers", "KDPM2DiscreteScheduler")
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        prediction_type: PredictionType = "epsilon",
-        timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-    ) -> None:
-        self._init_sigmas()
+    def __init__(self) -> None:
         self._first_sample = None
 
     def set_timesteps(
@@ -84,14 +68,14 @@ class DPM2Scheduler(_DPM2Base):
         self._interleave_timesteps(steps, mid[1:], device)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         sigma = self.sigmas[i] if self._in_first_half else self.sigmas_interpol[i]
         return sample / (sigma**2 + 1) ** 0.5
 
     def step(
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *, generator: Any = None
     ) -> SchedulerOutput:
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         if self._in_first_half:
             sigma, sigma_mid, sigma_next = self.sigmas[i], self.sigmas_interpol[i + 1], self.sigmas[i + 1]
         else:
@@ -103,29 +87,14 @@ class DPM2Scheduler(_DPM2Base):
         else:  # the whole step from the start, with the midpoint's slope
             derivative, dt = (sample - x0) / sigma_mid, sigma_next - sigma
             sample, self._first_sample = self._first_sample, None
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(sample + derivative * dt, x0)
 
 
 class DPM2AncestralScheduler(_DPM2Base):
     layout_name = ("diffusers", "KDPM2AncestralDiscreteScheduler")
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        prediction_type: PredictionType = "epsilon",
-        timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-    ) -> None:
-        self._init_sigmas()
+    def __init__(self) -> None:
         self._first_sample = None
 
     def set_timesteps(
@@ -147,14 +116,14 @@ class DPM2AncestralScheduler(_DPM2Base):
         self._interleave_timesteps(steps, mid[:-2], device)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         sigma = self.sigmas[i] if self._in_first_half else self.sigmas_interpol[i - 1]
         return sample / (sigma**2 + 1) ** 0.5
 
     def step(
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: torch.Generator | None = None
     ) -> SchedulerOutput:
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         first = self._in_first_half
         j = i if first else i - 1
         sigma, sigma_mid, sigma_up = self.sigmas[j], self.sigmas_interpol[j], self.sigmas_up[j]
@@ -167,5 +136,5 @@ class DPM2AncestralScheduler(_DPM2Base):
             prev = self._first_sample + (sample - x0) / sigma_mid * (sigma_down - sigma)
             prev = prev + randn_like(model_output, generator) * sigma_up
             self._first_sample = None
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(prev, x0)

@@ -12,11 +12,8 @@ from typing import Any, Literal
 
 import torch
 from difframe.scheduling import (
-    BetaSchedule,
-    FinalSigmas,
     FixedVariance,
     MultistepScheduler,
-    PredictionType,
     SchedulerOutput,
     randn_like,
 )
@@ -44,25 +41,22 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
     layout_name = ("diffusers", "DPMSolverSinglestepScheduler")
     refused_options = refused_options("DPMSolverSinglestepScheduler")
 
+    # Always linspace spacing over the whole schedule (as the reference): no timestep_spacing or steps_offset.
+    schedule_options = (
+        *(
+            o
+            for o in MultistepScheduler.schedule_options
+            if o not in ("timestep_spacing", "steps_offset", "rescale_betas_zero_snr")
+        ),
+        "final_sigmas_type",
+    )
+
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
         solver_order: Literal[1, 2, 3] = 2,
-        prediction_type: PredictionType = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
         algorithm_type: Literal["dpmsolver++", "sde-dpmsolver++", "dpmsolver", "deis"] = "dpmsolver++",
         solver_type: Literal["midpoint", "heun", "logrho", "bh1", "bh2"] = "midpoint",
         lower_order_final: bool = False,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        final_sigmas_type: FinalSigmas = "zero",
         lambda_min_clipped: float = -float("inf"),
         # DDPM's fixed variance types (from its config) mean a model that predicts no variance, like None.
         variance_type: Literal["learned", "learned_range"] | FixedVariance | None = None,
@@ -71,12 +65,11 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
             self.register_to_config(algorithm_type="dpmsolver++")
         if solver_type not in ("midpoint", "heun"):
             self.register_to_config(solver_type="midpoint")
-        if algorithm_type == "dpmsolver" and final_sigmas_type == "zero":
+        if algorithm_type == "dpmsolver" and self.config.final_sigmas_type == "zero":
             raise ValueError(
                 "algorithm_type='dpmsolver' cannot step to σ = 0 (its noise-prediction update divides by it); "
                 "set final_sigmas_type='sigma_min' or use a '++' algorithm"
             )
-        self._init_multistep()
         self.orders: list[int] = []
         self._run_start: torch.Tensor | None = None
 
@@ -86,7 +79,7 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
         c = self.config
         lambdas = torch.log(self.alphas_cumprod.sqrt()) - torch.log((1 - self.alphas_cumprod).sqrt())
         clipped = int(torch.searchsorted(torch.flip(lambdas, [0]), c.lambda_min_clipped))
-        self._multistep_schedule(
+        self.set_multistep_schedule(
             num_inference_steps,
             timesteps,
             device,
@@ -106,10 +99,10 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: torch.Generator | None = None
     ) -> SchedulerOutput:
         c = self.config
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         plus = c.algorithm_type.endswith("++")
         converted = self.data_prediction(model_output, sample) if plus else self.noise_prediction(model_output, sample)
-        self._remember(converted)
+        self.remember(converted)
         noise = randn_like(model_output, generator) if c.algorithm_type == "sde-dpmsolver++" else None
         order = self.orders[i]
         while self.model_outputs[-order] is None:  # an image-to-image start inside a run
@@ -117,7 +110,7 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
         if order == 1:
             self._run_start = sample
         prev = self._update(self._run_start, order, noise)
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(prev, converted if plus else None)
 
     def _update(self, x: torch.Tensor, order: int, noise: torch.Tensor | None) -> torch.Tensor:

@@ -14,13 +14,9 @@ from typing import Any, Literal
 
 import torch
 from difframe.scheduling import (
-    BetaSchedule,
-    FinalSigmas,
     FixedVariance,
     MultistepScheduler,
-    PredictionType,
     SchedulerOutput,
-    TimestepSpacing,
     randn_like,
 )
 
@@ -87,46 +83,31 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
     layout_name = ("diffusers", "DPMSolverMultistepScheduler")
     refused_options = refused_options("DPMSolverMultistepScheduler")
 
+    schedule_options = (*MultistepScheduler.schedule_options, "final_sigmas_type")
+
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
         solver_order: Literal[1, 2, 3] = 2,
-        prediction_type: PredictionType = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
         # "deis" (from a DEIS config) means the same data-prediction solver here.
         algorithm_type: Algorithm | Literal["deis"] = "dpmsolver++",
         # UniPC's and DEIS' solver types (from their configs) fall back to midpoint.
         solver_type: Literal["midpoint", "heun", "logrho", "bh1", "bh2"] = "midpoint",
         lower_order_final: bool = True,
         euler_at_final: bool = False,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
         use_lu_lambdas: bool = False,
-        final_sigmas_type: FinalSigmas = "zero",
         lambda_min_clipped: float = -float("inf"),
         # DDPM's fixed variance types (from its config) mean a model that predicts no variance, like None.
         variance_type: Literal["learned", "learned_range"] | FixedVariance | None = None,
-        timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
     ) -> None:
         if algorithm_type == "deis":
             self.register_to_config(algorithm_type="dpmsolver++")
         if solver_type not in ("midpoint", "heun"):
             self.register_to_config(solver_type="midpoint")
-        if algorithm_type in ("dpmsolver", "sde-dpmsolver") and final_sigmas_type == "zero":
+        if algorithm_type in ("dpmsolver", "sde-dpmsolver") and self.config.final_sigmas_type == "zero":
             raise ValueError(
                 f"algorithm_type={algorithm_type!r} cannot step to σ = 0 (its noise-prediction update divides by it); "
                 "set final_sigmas_type='sigma_min' or use a '++' algorithm"
             )
-        self._init_multistep()
 
     def set_timesteps(
         self, num_inference_steps: int | None = None, device: Any = None, *, timesteps: Sequence[int] | None = None
@@ -134,7 +115,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         c = self.config
         lambdas = torch.log(self.alphas_cumprod.sqrt()) - torch.log((1 - self.alphas_cumprod).sqrt())
         clipped = int(torch.searchsorted(torch.flip(lambdas, [0]), c.lambda_min_clipped))
-        self._multistep_schedule(
+        self.set_multistep_schedule(
             num_inference_steps,
             timesteps,
             device,
@@ -159,13 +140,13 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         variance_noise: torch.Tensor | None = None,
     ) -> SchedulerOutput:
         c = self.config
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         n = len(self.timesteps)
         short = c.lower_order_final and n < 15  # few steps: higher orders at the very end are unstable
         first_order = i == n - 1 and (c.euler_at_final or short or c.final_sigmas_type == "zero")
         second_order = i == n - 2 and short
         converted = self.convert(model_output, sample)
-        self._remember(converted)
+        self.remember(converted)
         sample = sample.to(torch.float32)
         noise = None
         if c.algorithm_type.startswith("sde-"):
@@ -181,7 +162,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             order = 3
         prev = self._update(sample, order, noise)
         self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
-        self._step_index = i + 1
+        self.advance()
         x0 = converted if c.algorithm_type.endswith("++") else None
         return SchedulerOutput(prev.to(model_output.dtype), x0)
 

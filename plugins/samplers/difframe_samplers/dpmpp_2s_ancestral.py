@@ -16,11 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from difframe.scheduling import (
-    BetaSchedule,
-    PredictionType,
     SchedulerOutput,
     SigmaScheduler,
-    TimestepSpacing,
     randn_like,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
@@ -46,23 +43,10 @@ class DPMSolver2SAncestralScheduler(SigmaScheduler):
 
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
-        prediction_type: PredictionType = "epsilon",
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
         eta: float = 1.0,
     ) -> None:
         if eta < 0:
             raise ValueError(f"eta must be at least 0 (0: no noise, 1: the full ancestral step), got {eta}")
-        self._init_sigmas()
 
     def set_timesteps(
         self,
@@ -72,7 +56,7 @@ class DPMSolver2SAncestralScheduler(SigmaScheduler):
         timesteps: Sequence[float] | None = None,
         sigmas: Sequence[float] | None = None,
     ) -> None:
-        steps, step_sigmas = self._sigma_schedule(num_inference_steps, timesteps, sigmas)
+        steps, step_sigmas = self.sigma_schedule(num_inference_steps, timesteps, sigmas)
         self.num_inference_steps = len(steps)
         log_sigmas = np.log(sigmas_from_alphas_cumprod(self.alphas_cumprod))
         # One entry per model call: (σ the model sees, its timestep, the step it belongs to, is it the midpoint).
@@ -94,7 +78,7 @@ class DPMSolver2SAncestralScheduler(SigmaScheduler):
         self.sigmas = torch.tensor([*call_sigmas, float(step_sigmas[-1])], dtype=torch.float32)
         self.timesteps = torch.tensor(call_timesteps, dtype=torch.float32, device=device)
         self._start: torch.Tensor | None = None
-        self._reset()
+        self.restart()
 
     def step(
         self,
@@ -105,7 +89,7 @@ class DPMSolver2SAncestralScheduler(SigmaScheduler):
         *,
         s_noise: float = 1.0,
     ) -> SchedulerOutput:
-        j = self._ensure_step_index(timestep)
+        j = self.current_index(timestep)
         i, at_midpoint = self._plan[j]
         sigma, down, up, mid = self._steps[i]
         x0 = x0_from_sigma(self.config.prediction_type, model_output, sample, float(self.sigmas[j]))
@@ -120,5 +104,5 @@ class DPMSolver2SAncestralScheduler(SigmaScheduler):
             self._start = None
         if (down == 0 or at_midpoint) and up > 0:
             prev = prev + randn_like(model_output, generator) * s_noise * up
-        self._step_index = j + 1
+        self.advance()
         return SchedulerOutput(prev.to(model_output.dtype), x0)

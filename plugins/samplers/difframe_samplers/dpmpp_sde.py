@@ -8,11 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 from difframe.scheduling import (
-    BetaSchedule,
-    PredictionType,
     SchedulerOutput,
     SigmaScheduler,
-    TimestepSpacing,
+    defaults,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
     x0_from_sigma,
@@ -50,6 +48,7 @@ class BrownianTreeNoise:
 
 
 class DPMSolverSDEScheduler(SigmaScheduler):
+    schedule_defaults = defaults(beta_start=0.00085, beta_end=0.012)
     """``noise_sampler_seed`` fixes the Brownian tree; without it, the seed is drawn from the step's generator (or
     torch's global generator) on the first step."""
 
@@ -58,21 +57,8 @@ class DPMSolverSDEScheduler(SigmaScheduler):
 
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
-        prediction_type: PredictionType = "epsilon",
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
         noise_sampler_seed: int | None = None,
-        timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
     ) -> None:
-        self._init_sigmas()
         self._first_sample: torch.Tensor | None = None
         self.noise_sampler: BrownianTreeNoise | None = None
 
@@ -80,7 +66,7 @@ class DPMSolverSDEScheduler(SigmaScheduler):
         self, num_inference_steps: int | None = None, device: Any = None, num_train_timesteps: int | None = None
     ) -> None:
         """``num_train_timesteps``: space the steps over the first this many training timesteps."""
-        steps, sigmas = self._sigma_schedule(
+        steps, sigmas = self.sigma_schedule(
             num_inference_steps, None, None, dtype=np.float64, num_train_timesteps=num_train_timesteps
         )
         self.num_inference_steps = len(steps)
@@ -94,10 +80,10 @@ class DPMSolverSDEScheduler(SigmaScheduler):
         self.sigmas = interleave(torch.from_numpy(sigmas))
         self.timesteps = timesteps.to(device=device)
         self._first_sample, self._mid_sigma, self.noise_sampler = None, None, None
-        self._reset()
+        self.restart()
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        sigma = self.sigmas[self._ensure_step_index(timestep)]
+        sigma = self.sigmas[self.current_index(timestep)]
         sigma = sigma if self._first_sample is None else self._mid_sigma
         return sample / (sigma**2 + 1) ** 0.5
 
@@ -110,7 +96,7 @@ class DPMSolverSDEScheduler(SigmaScheduler):
         generator: torch.Generator | None = None,
         s_noise: float = 1.0,
     ) -> SchedulerOutput:
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         if self.noise_sampler is None:
             seed = self.config.noise_sampler_seed
             if seed is None:
@@ -136,5 +122,5 @@ class DPMSolverSDEScheduler(SigmaScheduler):
             prev = s_down.neg().exp() / s.neg().exp() * sample - (s - s_down).expm1() * x0
             prev = prev + self.noise_sampler(sigma_from, sigma_to) * s_noise * sigma_up
             self._first_sample, self._mid_sigma = (sample, sigma_to) if first else (None, None)
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(prev, x0)

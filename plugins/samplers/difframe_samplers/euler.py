@@ -8,12 +8,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from difframe.scheduling import (
-    BetaSchedule,
-    FinalSigmas,
-    PredictionType,
+    SIGMA_BOUNDS,
     SchedulerOutput,
     SigmaScheduler,
-    TimestepSpacing,
     randn_like,
     x0_from_sigma,
 )
@@ -27,30 +24,15 @@ class EulerScheduler(SigmaScheduler):
 
     layout_name = ("diffusers", "EulerDiscreteScheduler")
     refused_options = refused_options("EulerDiscreteScheduler")
+    schedule_options = (*SigmaScheduler.schedule_options, *SIGMA_BOUNDS)
 
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
-        prediction_type: PredictionType = "epsilon",
         interpolation_type: Literal["linear"] = "linear",
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        sigma_min: float | None = None,
-        sigma_max: float | None = None,
-        timestep_spacing: TimestepSpacing = "linspace",
         # 'continuous' with v-prediction gives the model c_noise = log(σ)/4 (EDM) instead of a training timestep.
         timestep_type: Literal["discrete", "continuous"] = "discrete",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-        final_sigmas_type: FinalSigmas = "zero",
     ) -> None:
-        self._init_sigmas()
-        self._edm_timesteps = timestep_type == "continuous" and prediction_type == "v_prediction"
+        self._edm_timesteps = timestep_type == "continuous" and self.config.prediction_type == "v_prediction"
 
     def set_timesteps(
         self,
@@ -62,13 +44,13 @@ class EulerScheduler(SigmaScheduler):
     ) -> None:
         if self._edm_timesteps and timesteps is not None:
             raise ValueError("timestep_type='continuous' with v-prediction derives the timesteps from σ; pass sigmas")
-        steps, sigmas_ = self._sigma_schedule(num_inference_steps, timesteps, sigmas)
+        steps, sigmas_ = self.sigma_schedule(num_inference_steps, timesteps, sigmas)
         self.num_inference_steps = len(steps)
         self.sigmas = torch.from_numpy(sigmas_)
         if self._edm_timesteps:  # EDM's c_noise
             steps = 0.25 * np.log(sigmas_[:-1])
         self.timesteps = torch.from_numpy(steps.astype("float32")).to(device)
-        self._reset()
+        self.restart()
 
     def step(
         self,
@@ -81,7 +63,7 @@ class EulerScheduler(SigmaScheduler):
         s_noise: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> SchedulerOutput:
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         sample = sample.to(torch.float32)
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
@@ -92,7 +74,7 @@ class EulerScheduler(SigmaScheduler):
         x0 = x0_from_sigma(self.config.prediction_type, model_output, sample, sigma if self._is_v() else sigma_hat)
         derivative = (sample - x0) / sigma_hat
         prev = sample + derivative * (sigma_next - sigma_hat)
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(prev.to(model_output.dtype), x0)
 
     def _is_v(self) -> bool:
@@ -105,29 +87,12 @@ class EulerAncestralScheduler(SigmaScheduler):
     layout_name = ("diffusers", "EulerAncestralDiscreteScheduler")
     _edm_timesteps = False
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
-        prediction_type: PredictionType = "epsilon",
-        timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-    ) -> None:
-        self._init_sigmas()
-
     set_timesteps = EulerScheduler.set_timesteps
 
     def step(
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: torch.Generator | None = None
     ) -> SchedulerOutput:
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         sample = sample.to(torch.float32)
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         x0 = x0_from_sigma(self.config.prediction_type, model_output, sample, sigma)
@@ -137,5 +102,5 @@ class EulerAncestralScheduler(SigmaScheduler):
         sigma_down = down_squared**0.5 if down_squared > 0 else sigma_next**2 / sigma
         prev = sample + (sample - x0) / sigma * (sigma_down - sigma)
         prev = prev + randn_like(model_output, generator) * sigma_up
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(prev.to(model_output.dtype), x0)

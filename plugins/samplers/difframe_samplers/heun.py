@@ -10,11 +10,10 @@ from typing import Any
 
 import torch
 from difframe.scheduling import (
-    BetaSchedule,
-    PredictionType,
+    CLIPPING,
     SchedulerOutput,
     SigmaScheduler,
-    TimestepSpacing,
+    defaults,
     x0_from_sigma,
 )
 
@@ -28,25 +27,10 @@ def interleave(values: torch.Tensor, keep_last: bool = True) -> torch.Tensor:
 class HeunScheduler(SigmaScheduler):
     layout_name = ("diffusers", "HeunDiscreteScheduler")
     order = 2
+    schedule_options = (*SigmaScheduler.schedule_options, *CLIPPING)
+    schedule_defaults = defaults(beta_start=0.00085, beta_end=0.012)
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
-        prediction_type: PredictionType = "epsilon",
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-    ) -> None:
-        self._init_sigmas()
+    def __init__(self) -> None:
         self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def set_timesteps(
@@ -57,19 +41,19 @@ class HeunScheduler(SigmaScheduler):
         timesteps: Sequence[float] | None = None,
     ) -> None:
         """``num_train_timesteps``: space the steps over the first this many training timesteps."""
-        steps, sigmas = self._sigma_schedule(
+        steps, sigmas = self.sigma_schedule(
             num_inference_steps, timesteps, None, num_train_timesteps=num_train_timesteps
         )
         self.num_inference_steps = len(steps)
         self.sigmas = interleave(torch.from_numpy(sigmas))
         self.timesteps = interleave(torch.from_numpy(steps), keep_last=False).to(device=device, dtype=torch.float32)
         self._first = None  # (derivative, dt, sample) of the pending Euler step
-        self._reset()
+        self.restart()
 
     def step(
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *, generator: Any = None
     ) -> SchedulerOutput:
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         first = self._first is None
         sigma, sigma_next = (self.sigmas[i], self.sigmas[i + 1]) if first else (self.sigmas[i - 1], self.sigmas[i])
         x0 = x0_from_sigma(self.config.prediction_type, model_output, sample, sigma if first else sigma_next)
@@ -82,5 +66,5 @@ class HeunScheduler(SigmaScheduler):
             derivative = (self._first[0] + (sample - x0) / sigma_next) / 2
             _, dt, sample = self._first
             self._first = None
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(sample + derivative * dt, x0)

@@ -8,11 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 from difframe.scheduling import (
-    BetaSchedule,
-    PredictionType,
     SchedulerOutput,
     SigmaScheduler,
-    TimestepSpacing,
     x0_from_sigma,
 )
 
@@ -30,22 +27,7 @@ def lms_coefficient(nodes: Sequence[float], j: int, start: float, end: float) ->
 class LMSScheduler(SigmaScheduler):
     layout_name = ("diffusers", "LMSDiscreteScheduler")
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        prediction_type: PredictionType = "epsilon",
-        timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-    ) -> None:
-        self._init_sigmas()
+    def __init__(self) -> None:
         self.derivatives: list[torch.Tensor] = []
 
     def set_timesteps(
@@ -56,12 +38,12 @@ class LMSScheduler(SigmaScheduler):
         timesteps: Sequence[float] | None = None,
         sigmas: Sequence[float] | None = None,
     ) -> None:
-        steps, sigmas_ = self._sigma_schedule(num_inference_steps, timesteps, sigmas)
+        steps, sigmas_ = self.sigma_schedule(num_inference_steps, timesteps, sigmas)
         self.num_inference_steps = len(steps)
         self.sigmas = torch.from_numpy(sigmas_)
         self.timesteps = torch.from_numpy(steps).to(device=device, dtype=torch.float32)
         self.derivatives = []
-        self._reset()
+        self.restart()
 
     def step(
         self,
@@ -72,7 +54,7 @@ class LMSScheduler(SigmaScheduler):
         *,
         generator: Any = None,
     ) -> SchedulerOutput:
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         sigma = self.sigmas[i]
         x0 = x0_from_sigma(self.config.prediction_type, model_output, sample, sigma)
         self.derivatives = [*self.derivatives, (sample - x0) / sigma][-order:]
@@ -81,5 +63,5 @@ class LMSScheduler(SigmaScheduler):
         start, end = float(self.sigmas[i]), float(self.sigmas[i + 1])
         coefficients = [lms_coefficient(nodes, j, start, end) for j in range(order)]
         prev = sample + sum(c * d for c, d in zip(coefficients, reversed(self.derivatives)))
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(prev, x0)

@@ -7,11 +7,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from difframe.scheduling import (
+    NOISE_SCHEDULE,
     AlphaScheduler,
-    BetaSchedule,
     SchedulerOutput,
-    TimestepSpacing,
     check_steps,
+    defaults,
     spaced_timesteps,
 )
 
@@ -21,23 +21,15 @@ class PNDMScheduler(AlphaScheduler):
     pseudo Runge-Kutta (4 model calls each), so the timestep list is longer than ``num_inference_steps``."""
 
     layout_name = ("diffusers", "PNDMScheduler")
+    schedule_options = (*NOISE_SCHEDULE, "set_alpha_to_one")
+    schedule_defaults = defaults(set_alpha_to_one=False)
+    finite_sigmas = True  # PNDM divides by ᾱ_t: with a zero-SNR schedule keep ᾱ_T just above 0
 
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
         skip_prk_steps: bool = False,
-        set_alpha_to_one: bool = False,
         prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
-        timestep_spacing: TimestepSpacing = "leading",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
     ) -> None:
-        # PNDM divides by ᾱ_t: with a zero-SNR schedule keep ᾱ_T just above 0, as the σ-based samplers do.
-        self._init_alphas(set_alpha_to_one=set_alpha_to_one, finite_sigmas=True)
         self.prk_timesteps = np.array([], dtype=np.int64)
         self.ets: list[torch.Tensor] = []
         self.counter = 0

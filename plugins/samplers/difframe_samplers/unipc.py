@@ -14,13 +14,10 @@ from typing import Any, Literal
 import torch
 from difframe.errors import ConfigError
 from difframe.scheduling import (
-    BetaSchedule,
-    FinalSigmas,
+    SIGMA_BOUNDS,
     MultistepScheduler,
-    PredictionType,
     SchedulerMixin,
     SchedulerOutput,
-    TimestepSpacing,
     alpha_sigma,
 )
 
@@ -31,18 +28,11 @@ class UniPCScheduler(MultistepScheduler):
     layout_name = ("diffusers", "UniPCMultistepScheduler")
     refused_options = refused_options("UniPCMultistepScheduler")
 
+    schedule_options = (*MultistepScheduler.schedule_options, *SIGMA_BOUNDS)
+
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: list[float] | None = None,
         solver_order: Literal[1, 2, 3] = 2,
-        prediction_type: PredictionType = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
         predict_x0: bool = True,
         # DPM-Solver's and DEIS' solver types (from their configs) fall back to bh2.
         solver_type: Literal["bh1", "bh2", "midpoint", "heun", "logrho"] = "bh2",
@@ -50,26 +40,16 @@ class UniPCScheduler(MultistepScheduler):
         disable_corrector: list[int] = [],  # noqa: B006 - recorded in the config; never mutated
         # Another sampler as the predictor ("solver_p + UniC"): its step replaces UniP; the corrector stays.
         solver_p: SchedulerMixin | None = None,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
-        final_sigmas_type: FinalSigmas = "zero",
-        rescale_betas_zero_snr: bool = False,
-        sigma_min: float | None = None,
-        sigma_max: float | None = None,
     ) -> None:
         if solver_type not in ("bh1", "bh2"):
             self.register_to_config(solver_type="bh2")
-        self._init_multistep()
         self.last_sample: torch.Tensor | None = None
         self.solver_p = solver_p
 
     def set_timesteps(
         self, num_inference_steps: int | None = None, device: Any = None, *, timesteps: Sequence[int] | None = None
     ) -> None:
-        self._multistep_schedule(
+        self.set_multistep_schedule(
             num_inference_steps, timesteps, device, final_sigmas_type=self.config.final_sigmas_type
         )
         self.last_sample, self._order = None, 1
@@ -100,11 +80,11 @@ class UniPCScheduler(MultistepScheduler):
         self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *, generator: Any = None
     ) -> SchedulerOutput:
         c = self.config
-        i = self._ensure_step_index(timestep)
+        i = self.current_index(timestep)
         converted = self._convert(model_output, sample)
         if i > 0 and (i - 1) not in c.disable_corrector and self.last_sample is not None:
             sample = self._update(self.last_sample, i - 1, self._order, corrector_output=converted)
-        self._remember(converted)
+        self.remember(converted)
         order = min(c.solver_order, len(self.timesteps) - i) if c.lower_order_final else c.solver_order
         self._order = min(order, self.lower_order_nums + 1)
         self.last_sample = sample
@@ -115,7 +95,7 @@ class UniPCScheduler(MultistepScheduler):
             extra = {"generator": generator} if takes_generator else {}
             prev = self.solver_p.step(model_output, timestep, sample, **extra).prev_sample
         self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
-        self._step_index = i + 1
+        self.advance()
         return SchedulerOutput(prev, converted if c.predict_x0 else None)
 
     def _update(
