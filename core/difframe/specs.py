@@ -69,6 +69,23 @@ class ComponentSpec(BaseModel):
 class SchedulerSpec(ComponentSpec):
     kind: ClassVar[str] = "scheduler"
     stochastic: bool = Field(default=False, description="step() draws noise; takes a generator")
+    label: str | None = Field(
+        default=None,
+        description="the name's label in AUTOMATIC1111's web UI, e.g. 'DPM++ 2M Karras': PNG parameters write it as "
+        "'Sampler' and read it back to this name (None: the web UI has no such sampler; the name is written)",
+    )
+    schedule_type: str | None = Field(
+        default=None,
+        description="the web UI's 'Schedule type' of this name: 'Uniform' (the model's own σs), 'Karras' or "
+        "'Exponential'; None for a sampler that has none there (DDIM, PLMS, UniPC...)",
+    )
+
+    @field_validator("label")
+    @classmethod
+    def _label_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("label must not be blank; leave it out if the web UI has no such sampler")
+        return value
 
 
 class ModelSpec(ComponentSpec):

@@ -15,6 +15,7 @@ def register_scheduler(register: Any) -> None:
         aliases=("LCM", "latent-consistency"),
         description="Latent Consistency Model sampling: 2-8 steps with an LCM-distilled model or LoRA",
         stochastic=True,
+        label="LCM",  # the web UI's name for it (PNG parameters)
         loads=[("diffusers", "LCMScheduler")],
     )
     register(

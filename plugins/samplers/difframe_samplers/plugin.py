@@ -13,6 +13,44 @@ DPMPP_3M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}
 DPMPP_3S = {"algorithm_type": "dpmsolver++", "solver_order": 3}
 NEEDS_TORCHSDE = {"packages": ("torchsde",)}
 
+# name -> (label, Schedule type) in AUTOMATIC1111's web UI, which PNG parameters write and read. Web UI 1.9 and later
+# write the two separately and give some samplers a default schedule ("DPM++ 2M" alone means Karras there); earlier
+# versions know only combined labels ("DPM++ 2M Karras") and ignore "Schedule type". So the label is combined where
+# the schedule is Karras (both read it alike) and the schedule is always written. DPM++ 2S/3S (singlestep, not
+# ancestral) have no web-UI sampler: their names are written as they are.
+WEB_UI: dict[str, tuple[str, str | None]] = {
+    "ddim": ("DDIM", None),
+    "ddpm": ("DDPM", None),
+    "pndm": ("PNDM", None),
+    "plms": ("PLMS", None),
+    "unipc": ("UniPC", None),
+    "unipc_karras": ("UniPC Karras", None),
+    "deis": ("DEIS", None),
+    "lms": ("LMS", "Uniform"),
+    "lms_karras": ("LMS Karras", "Karras"),
+    "euler": ("Euler", "Uniform"),
+    "euler_karras": ("Euler Karras", "Karras"),
+    "euler_a": ("Euler a", "Uniform"),
+    "heun": ("Heun", "Uniform"),
+    "heun_karras": ("Heun Karras", "Karras"),
+    "dpm2": ("DPM2", "Uniform"),
+    "dpm2_karras": ("DPM2 Karras", "Karras"),
+    "dpm2_a": ("DPM2 a", "Uniform"),
+    "dpm2_a_karras": ("DPM2 a Karras", "Karras"),
+    "dpmpp_2m": ("DPM++ 2M", "Uniform"),
+    "dpmpp_2m_karras": ("DPM++ 2M Karras", "Karras"),
+    "dpmpp_sde": ("DPM++ SDE", "Uniform"),
+    "dpmpp_sde_karras": ("DPM++ SDE Karras", "Karras"),
+    "dpmpp_2m_sde": ("DPM++ 2M SDE", "Uniform"),
+    "dpmpp_2m_sde_karras": ("DPM++ 2M SDE Karras", "Karras"),
+    "dpmpp_2m_sde_exponential": ("DPM++ 2M SDE", "Exponential"),
+    "dpmpp_3m_sde": ("DPM++ 3M SDE", "Uniform"),
+    "dpmpp_3m_sde_karras": ("DPM++ 3M SDE Karras", "Karras"),
+    "dpmpp_3m_sde_exponential": ("DPM++ 3M SDE", "Exponential"),
+    "dpmpp_2s_a": ("DPM++ 2S a", "Uniform"),
+    "dpmpp_2s_a_karras": ("DPM++ 2S a Karras", "Karras"),
+}
+
 
 @difframe.hookimpl
 def register_scheduler(register: Any) -> None:
@@ -28,6 +66,7 @@ def register_scheduler(register: Any) -> None:
         requires: dict[str, Any] | None = None,
     ) -> None:
         # Each class of the shared layout is loaded by exactly one name: the plain one, without options.
+        label, schedule_type = WEB_UI.get(name, (None, None))
         register(
             name=name,
             factory=f"difframe_samplers.{factory}",
@@ -37,6 +76,8 @@ def register_scheduler(register: Any) -> None:
             stochastic=stochastic,
             loads=[("diffusers", loads)] if loads else [],
             requires=requires or {},
+            label=label,
+            schedule_type=schedule_type,
         )
 
     # Aliases include the names web UIs show ("DPM++ 2M Karras", "Euler a"); they match case-insensitively.

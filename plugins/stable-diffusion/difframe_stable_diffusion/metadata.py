@@ -10,54 +10,19 @@ No torch here: reading metadata back is cheap.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 PNG_KEY = "parameters"
 
-# difframe scheduler name -> (the web UI's sampler label, its "Schedule type"). Web UI 1.9 and later write the two
-# separately and give some samplers a default schedule ("DPM++ 2M" alone means Karras there, "DPM++ 2M SDE"
-# Exponential); earlier versions know only combined labels ("DPM++ 2M Karras") and ignore "Schedule type". So the
-# label is written combined where the schedule is Karras (both read it alike) and the schedule is always written:
-# "DPM++ 2M, Schedule type: Uniform" is DPM++ 2M with the model's own sigmas for old and new versions alike.
-SAMPLERS: dict[str, tuple[str, str | None]] = {
-    "ddim": ("DDIM", None),
-    "ddpm": ("DDPM", None),
-    "pndm": ("PNDM", None),
-    "plms": ("PLMS", None),
-    "unipc": ("UniPC", None),
-    "deis": ("DEIS", None),
-    "lcm": ("LCM", None),
-    "lms": ("LMS", "Uniform"),
-    "lms_karras": ("LMS Karras", "Karras"),
-    "euler": ("Euler", "Uniform"),
-    "euler_karras": ("Euler Karras", "Karras"),
-    "euler_a": ("Euler a", "Uniform"),
-    "heun": ("Heun", "Uniform"),
-    "heun_karras": ("Heun Karras", "Karras"),
-    "dpm2": ("DPM2", "Uniform"),
-    "dpm2_karras": ("DPM2 Karras", "Karras"),
-    "dpm2_a": ("DPM2 a", "Uniform"),
-    "dpm2_a_karras": ("DPM2 a Karras", "Karras"),
-    "dpmpp": ("DPM++ 2M", "Uniform"),
-    "dpmpp_2m": ("DPM++ 2M", "Uniform"),
-    "dpmpp_2m_karras": ("DPM++ 2M Karras", "Karras"),
-    "dpmpp_sde": ("DPM++ SDE", "Uniform"),
-    "dpmpp_sde_karras": ("DPM++ SDE Karras", "Karras"),
-    "dpmpp_2m_sde": ("DPM++ 2M SDE", "Uniform"),
-    "dpmpp_2m_sde_karras": ("DPM++ 2M SDE Karras", "Karras"),
-    "dpmpp_2m_sde_exponential": ("DPM++ 2M SDE", "Exponential"),
-    "dpmpp_3m_sde": ("DPM++ 3M SDE", "Uniform"),
-    "dpmpp_3m_sde_karras": ("DPM++ 3M SDE Karras", "Karras"),
-    "dpmpp_3m_sde_exponential": ("DPM++ 3M SDE", "Exponential"),
-    "unipc_karras": ("UniPC Karras", None),
-}
-SAMPLER_LABELS: dict[str, str] = {name: label for name, (label, _) in SAMPLERS.items()}
-# the web UI's default schedule ("Automatic") of a sampler, from version 1.9 on; the others use the model's sigmas
+# The web UI's default schedule ("Automatic") of a sampler, from version 1.9 on; the others use the model's sigmas.
 DEFAULT_SCHEDULES_1_9 = {
     "DPM++ 2M": "Karras",
     "DPM++ SDE": "Karras",
@@ -69,30 +34,69 @@ DEFAULT_SCHEDULES_1_9 = {
     "DPM++ 2M SDE Heun": "Exponential",
     "DPM++ 3M SDE": "Exponential",
 }
-SCHEDULE_SUFFIXES = {"uniform": "", "karras": "_karras", "exponential": "_exponential"}
 WEB_UI_SCHEDULES = (
     "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal", "Align Your Steps",
     "Simple", "Normal", "DDIM", "Beta",
 )  # fmt: skip
-_PREFERRED = {"DPM++ 2M": "dpmpp"}
-_BASES: dict[str, str] = {}
-for _name, (_label, _schedule) in SAMPLERS.items():
-    if _schedule in (None, "Uniform"):
-        _BASES.setdefault(_label.lower(), _PREFERRED.get(_label, _name))
-LABEL_TO_SCHEDULER: dict[str, str] = {label.lower(): name for name, label in reversed(SAMPLER_LABELS.items())}
-LABEL_TO_SCHEDULER.update(_BASES)
 
 
-def sampler_label(scheduler_name: str | None) -> str:
-    """The web-UI label of a difframe scheduler name; unknown names are written as they are."""
+@dataclass(frozen=True)
+class WebUISamplers:
+    """The registered schedulers' web-UI labels (``SchedulerSpec.label`` and ``schedule_type``), both ways."""
+
+    by_name: Mapping[str, tuple[str, str | None]]  # scheduler name -> (label, Schedule type)
+    aliases: Mapping[str, str]  # any registered name or alias, lower case -> scheduler name
+
+    @classmethod
+    def of(cls, framework: Any) -> WebUISamplers:
+        by_name, aliases = {}, {}
+        for registration in framework.registry.all("scheduler"):
+            spec = registration.spec
+            for alias in (spec.name, *spec.aliases):
+                aliases.setdefault(alias.lower(), spec.name)
+            if spec.label and spec.name not in by_name:
+                by_name[spec.name] = (spec.label, spec.schedule_type)
+        return cls(by_name, aliases)
+
+    def name(self, text: str) -> str:
+        return self.aliases.get(text.lower(), text)
+
+    def base(self, label: str) -> str | None:
+        """The name whose label is ``label`` with no schedule of its own (Uniform or none), else any with it."""
+        matches = [n for n, (lab, _) in self.by_name.items() if lab.lower() == label.lower()]
+        plain = [n for n in matches if self.by_name[n][1] in (None, "Uniform")]
+        return (plain or matches or [None])[0]
+
+
+def web_ui_samplers(framework: Any = None) -> WebUISamplers:
+    """The web-UI labels of the installed schedulers (or of ``framework``'s): a plugin extends them by registering
+    a scheduler with ``label=`` (and ``schedule_type=``)."""
+    if framework is not None:
+        return WebUISamplers.of(framework)
+    plugins = (os.environ.get("DIFFRAME_LOAD_PLUGINS"), os.environ.get("DIFFRAME_DISABLE_PLUGINS"))
+    return _installed_samplers(tuple(sys.path), plugins)
+
+
+@functools.lru_cache(maxsize=4)
+def _installed_samplers(path: tuple[str, ...], plugins: tuple[str | None, str | None]) -> WebUISamplers:
+    # keyed by what decides which plugins are installed and loaded, so an installed plugin is seen at once
+    from difframe import Framework
+
+    return WebUISamplers.of(Framework())
+
+
+def sampler_label(scheduler_name: str | None, framework: Any = None) -> str:
+    """The web-UI label of a difframe scheduler name or alias; a name without one is written as it is."""
     if not scheduler_name:
         return "unknown"
-    return SAMPLER_LABELS.get(scheduler_name, scheduler_name)
+    samplers = web_ui_samplers(framework)
+    return samplers.by_name.get(samplers.name(scheduler_name), (scheduler_name, None))[0]
 
 
-def schedule_type(scheduler_name: str | None) -> str | None:
+def schedule_type(scheduler_name: str | None, framework: Any = None) -> str | None:
     """The web UI's "Schedule type" of a difframe scheduler name (None: the sampler has none there)."""
-    return SAMPLERS.get(scheduler_name or "", (None, None))[1]
+    samplers = web_ui_samplers(framework)
+    return samplers.by_name.get(samplers.name(scheduler_name or ""), (None, None))[1]
 
 
 def web_ui_version(text: str | None) -> tuple[int, int] | None:
@@ -101,10 +105,13 @@ def web_ui_version(text: str | None) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def scheduler_from_label(label: str, schedule_type: str | None = None, version: tuple[int, int] | None = None) -> str:
+def scheduler_from_label(
+    label: str, schedule_type: str | None = None, version: tuple[int, int] | None = None, framework: Any = None
+) -> str:
     """The difframe scheduler name for a web-UI sampler label and "Schedule type", read the way the web UI of
     ``version`` reads them: a schedule in the label wins; "Automatic" (or none, from 1.9 on) is the sampler's
     default schedule. A schedule difframe has no sampler for is an error naming it."""
+    samplers = web_ui_samplers(framework)
     text = label.strip()
     schedule = (schedule_type or "").strip()
     for suffix in WEB_UI_SCHEDULES:
@@ -114,15 +121,16 @@ def scheduler_from_label(label: str, schedule_type: str | None = None, version: 
     if schedule.lower() in ("", "automatic"):
         new_reader = schedule.lower() == "automatic" or (version is not None and version >= (1, 9))
         schedule = DEFAULT_SCHEDULES_1_9.get(_canonical_label(text), "") if new_reader else ""
-    base = LABEL_TO_SCHEDULER.get(text.lower())
+    base = samplers.base(text)
     if base is None:
         return label.strip() if not schedule or schedule.lower() == "uniform" else f"{text} {schedule}"
     if not schedule or schedule.lower() == "uniform":
         return base
-    suffix = SCHEDULE_SUFFIXES.get(schedule.lower())
-    name = None if suffix is None else LABEL_TO_SCHEDULER.get(f"{text} {schedule}".lower())
+    name = samplers.base(f"{text} {schedule}")
     if name is None:
-        name = next((n for n, (lab, sch) in SAMPLERS.items() if lab.lower() == text.lower() and sch == schedule), None)
+        name = next(
+            (n for n, (lab, sch) in samplers.by_name.items() if lab.lower() == text.lower() and sch == schedule), None
+        )
     if name is None:
         raise ValueError(
             f"PNG parameters: sampler {text!r} with Schedule type {schedule!r} has no difframe sampler; choose one "

@@ -81,7 +81,7 @@ def test_newer_schedule_type_and_unknown_sampler():
     assert scheduler_from_label("Euler a") == "euler_a"
     assert scheduler_from_label("my_sampler") == "my_sampler"
     assert sampler_label("my_sampler") == "my_sampler"
-    assert sampler_label("dpmpp") == "DPM++ 2M" and scheduler_from_label("DPM++ 2M") == "dpmpp"
+    assert sampler_label("dpmpp") == "DPM++ 2M" and scheduler_from_label("DPM++ 2M") == "dpmpp_2m"
 
 
 def test_prompt_without_settings_and_bad_values():

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 from difframe_stable_diffusion.metadata import (
-    SAMPLERS,
     GenerationParameters,
     scheduler_from_label,
     split_parameters,
+    web_ui_samplers,
 )
 
 
@@ -62,10 +62,30 @@ def test_sampler_and_schedule_are_written_for_old_and_new_web_uis(name, written)
     assert written in params(scheduler=name).to_text()
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(web_ui_samplers().by_name))
 def test_every_sampler_round_trips(name):
     read = GenerationParameters.from_text(params(scheduler=name).to_text()).scheduler
-    assert read == ("dpmpp" if name == "dpmpp_2m" else name)
+    assert read == name
+
+
+@pytest.mark.parametrize(
+    "name, label",
+    [
+        ("dpmpp_2s_a", "DPM++ 2S a"),
+        ("dpmpp_2s_a_karras", "DPM++ 2S a Karras"),
+        ("dpmpp_2m_sde_exponential", "DPM++ 2M SDE"),
+    ],
+)
+def test_labels_come_from_the_registered_specs(name, label):
+    assert f"Sampler: {label}," in params(scheduler=name).to_text()
+
+
+def test_samplers_the_web_ui_lacks_are_written_by_name():
+    # DPM-Solver++ singlestep (not ancestral) has no web-UI sampler: its name goes in as it is and comes back
+    for name in ("dpmpp_2s", "dpmpp_2s_karras", "dpmpp_3s"):
+        assert name not in web_ui_samplers().by_name
+        text = params(scheduler=name).to_text()
+        assert f"Sampler: {name}," in text and GenerationParameters.from_text(text).scheduler == name
 
 
 @pytest.mark.parametrize(
@@ -74,14 +94,17 @@ def test_every_sampler_round_trips(name):
         ("DPM++ 2M", "Karras", "v1.10.1", "dpmpp_2m_karras"),
         ("DPM++ 2M", None, "v1.10.1", "dpmpp_2m_karras"),  # 1.9+: no schedule = Automatic = Karras
         ("DPM++ 2M", "Automatic", None, "dpmpp_2m_karras"),
-        ("DPM++ 2M", None, "v1.7.0", "dpmpp"),  # before 1.9 the plain label had the model's sigmas
-        ("DPM++ 2M", None, None, "dpmpp"),
-        ("DPM++ 2M", "Uniform", "v1.10.1", "dpmpp"),
+        ("DPM++ 2M", None, "v1.7.0", "dpmpp_2m"),  # before 1.9 the plain label had the model's sigmas
+        ("DPM++ 2M", None, None, "dpmpp_2m"),
+        ("DPM++ 2M", "Uniform", "v1.10.1", "dpmpp_2m"),
         ("DPM++ 2M Karras", None, "v1.6.0", "dpmpp_2m_karras"),
         ("DPM++ 2M Karras", "Uniform", "v1.10.1", "dpmpp_2m_karras"),  # the label's schedule wins
         ("DPM++ 2M SDE", "Exponential", "v1.10.1", "dpmpp_2m_sde_exponential"),
         ("DPM++ 2M SDE", None, "f2.0.1v1.10.1-previous-519", "dpmpp_2m_sde_exponential"),
         ("DPM++ 2M SDE", "Karras", "v1.10.1", "dpmpp_2m_sde_karras"),
+        ("DPM++ 2S a", None, "v1.10.1", "dpmpp_2s_a_karras"),  # 1.9+: Automatic = Karras for it too
+        ("DPM++ 2S a", None, "v1.7.0", "dpmpp_2s_a"),
+        ("DPM++ 2S a Karras", None, "v1.6.0", "dpmpp_2s_a_karras"),
         ("Euler a", None, "v1.10.1", "euler_a"),
         ("Euler", "Karras", "v1.10.1", "euler_karras"),
     ],
