@@ -33,6 +33,8 @@ def plugins_report(
                 "factory": r.spec.factory,
                 "description": r.spec.description,
                 "loads": [list(pair) for pair in r.spec.loads],
+                # what the spec of this kind adds (a scheduler's web-UI label, a model's role...), and what it supports
+                **_kind_fields(r.spec),
                 "available": r.unavailable_reason is None,
                 "reason": r.unavailable_reason,
                 "shadowed": id(r) in shadowed,
@@ -56,6 +58,13 @@ def plugins_report(
         if timing:
             report[-1]["load_seconds"] = round(info.load_seconds, 3)
     return report
+
+
+def _kind_fields(spec: Any) -> dict[str, Any]:
+    from .specs import ComponentSpec
+
+    shared = set(ComponentSpec.model_fields) - {"supports"}
+    return {k: v for k, v in spec.model_dump(mode="json").items() if k not in shared}
 
 
 def _print_table(report: list[dict[str, Any]]) -> None:
