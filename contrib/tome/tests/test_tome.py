@@ -108,3 +108,23 @@ def test_a_guider_step_caching_and_token_merging_in_one_call(framework, tiny_mod
         {"name": "deepcache", "interval": 2, "branch": 0},
         {"name": "tome", "ratio": 0.5},
     ]
+
+
+@pytest.mark.parametrize("merge_crossattn", [False, True])
+def test_with_an_ip_adapter(framework, tiny_model, tmp_path, merge_crossattn):
+    """IP-Adapter's attention add-on on attn2, beside (or on) merged tokens."""
+    from difframe_ip_adapter.testing import SD1_TINY, colour_image, write_adapter_folder
+
+    adapters = write_adapter_folder(tmp_path / "adapters", SD1_TINY, kinds=("plain",))  # the tiny model's UNet
+    pipe = framework.build("stable-diffusion", model=tiny_model)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter(adapters, subfolder="models", weight_name=["ip-adapter-plain.safetensors"])
+    image = colour_image(seed=1)
+    exact = _images(pipe, ip_adapter_image=image)
+    pipe.add_hook("tome", ratio=0.5, merge_crossattn=merge_crossattn)
+    merged = _images(pipe, ip_adapter_image=image)
+    pipe.set_ip_adapter_scale(0.0)
+    without_adapter = _images(pipe, ip_adapter_image=image)
+    assert np.isfinite(merged).all() and merged.shape == (1, SIZE, SIZE, 3)
+    assert float(np.abs(merged - exact).max()) > 1e-4
+    assert float(np.abs(merged - without_adapter).max()) > 1e-4  # the adapter still acts under merging
