@@ -82,3 +82,38 @@ def test_deepcache_with_pag_matches_reference_pag_pipeline(framework, generators
     difference = float(np.abs(mine - reference).max())
     assert difference <= TOL, f"max abs difference {difference:.2e}"
     assert hook.steps_run == [i % 3 == 0 for i in range(STEPS)]
+
+
+def test_pag_deepcache_and_token_merging_together_match_reference(framework, generators, tiny_model):
+    """A guider, step caching and token merging at once (contrib/tome's hook): the same image as the reference PAG
+    pipeline with the deepcache helper and tomesd (deterministic merging) applied."""
+    import diffusers
+    import tomesd
+    from DeepCache import DeepCacheSDHelper
+
+    ours = framework.build(
+        "stable-diffusion",
+        model=tiny_model,
+        guider="pag",
+        guider_options={"pag_scale": 2.5},
+        hooks=[("tome", {"ratio": 0.5, "use_rand": False}), ("deepcache", {"interval": 3, "branch": 0})],
+    )
+    ours.set_progress_bar_config(disable=True)
+    ours.scheduler = framework.scheduler("ddim", dict(ours.scheduler.config))
+    theirs = diffusers.StableDiffusionPAGPipeline.from_pretrained(
+        tiny_model, safety_checker=None, requires_safety_checker=False, pag_applied_layers=["mid"]
+    )
+    theirs.set_progress_bar_config(disable=True)
+    theirs.scheduler = diffusers.DDIMScheduler.from_config(theirs.scheduler.config)
+    kwargs = dict(num_inference_steps=STEPS, guidance_scale=5.0, output_type="np")
+    plain = theirs(PROMPT, generator=generators([5]), pag_scale=2.5, **kwargs).images
+    tomesd.apply_patch(theirs, ratio=0.5, use_rand=False)
+    helper = DeepCacheSDHelper(pipe=theirs)
+    helper.set_params(cache_interval=3, cache_branch_id=0)
+    helper.enable()
+    reference = theirs(PROMPT, generator=generators([5]), pag_scale=2.5, **kwargs).images
+    mine = ours(PROMPT, seed=5, **kwargs).images
+    difference = float(np.abs(mine - reference).max())
+    assert difference <= TOL, f"max abs difference {difference:.2e}"
+    assert float(np.abs(reference - plain).max()) > 1e-3
+    assert [h.name for h in ours.hooks] == ["identity-self-attention", "tome", "deepcache"]
