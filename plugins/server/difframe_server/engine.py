@@ -13,6 +13,7 @@ from .catalog import ModelEntry
 from .jobs import Job
 
 log = logging.getLogger("difframe_server")
+PIPELINES = {"img2img": "stable-diffusion-img2img", "inpaint": "stable-diffusion-inpaint"}
 PREVIEW_INTERVAL = 1.0  # seconds between two previews: a VAE decode can cost as much as a denoising step
 
 
@@ -44,9 +45,12 @@ class Generation:
     clip_skip: int | None = None
     init_image: Any = None  # PIL image: image-to-image
     strength: float | None = None
+    mask_image: Any = None  # PIL image ("L", white = repaint): inpainting of init_image
 
     @property
     def kind(self) -> str:
+        if self.mask_image is not None:
+            return "inpaint"
         return "img2img" if self.init_image is not None else "txt2img"
 
     @property
@@ -99,8 +103,8 @@ class Engine:
 
     def pipeline(self, entry: ModelEntry, kind: str) -> Any:
         text_to_image = self.load(entry)
-        if kind not in self._pipes:  # image-to-image over the same components: no second copy of the weights
-            registration = self.framework.get("pipeline", "stable-diffusion-img2img")
+        if kind not in self._pipes:  # image-to-image, inpainting over the same components: one copy of the weights
+            registration = self.framework.get("pipeline", PIPELINES[kind])
             pipe = self.framework.load_factory(registration)(**text_to_image.components)
             pipe.framework = self.framework
             pipe.model_name = text_to_image.model_name
@@ -145,6 +149,8 @@ class Engine:
         if first.init_image is not None:
             call["image"] = first.init_image
             call["strength"] = first.strength
+        if first.mask_image is not None:
+            call["mask_image"] = first.mask_image
         if len(generations) == 1:
             prompts: Any = first.prompt
             call.update(negative_prompt=first.negative_prompt or None, seed=first.seed)

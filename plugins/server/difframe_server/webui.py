@@ -20,6 +20,8 @@ from .catalog import ModelEntry, UnknownModel
 from .engine import Generation
 from .errors import FieldError
 from .images import decode_image, encode_png, fit_image, open_image
+from .inpainting import InpaintPlan
+from .inpainting import plan as plan_inpainting
 from .state import ServerState, State
 from .waiting import wait_for
 
@@ -84,6 +86,14 @@ class Img2ImgRequest(Txt2ImgRequest):
     denoising_strength: float | None = 0.75
     image_cfg_scale: float | None = None
     mask: str | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    mask_round: bool = True
     initial_noise_multiplier: float | None = None
     include_init_images: bool = False
 
@@ -220,7 +230,9 @@ def _networks(req: Txt2ImgRequest) -> tuple[str, str, tuple[tuple[str, float], .
     return texts[0], texts[1], networks
 
 
-def _generation(state: ServerState, req: Txt2ImgRequest, init_image: Any = None) -> tuple[Generation, int]:
+def _generation(
+    state: ServerState, req: Txt2ImgRequest, init_image: Any = None, mask_image: Any = None
+) -> tuple[Generation, int]:
     """The request in difframe's terms, and the web-UI clip skip it runs with."""
     scheduler = _scheduler(state, req)
     _refuse_unsupported(req, scheduler)
@@ -246,6 +258,7 @@ def _generation(state: ServerState, req: Txt2ImgRequest, init_image: Any = None)
         clip_skip=clip_skip - 1 if clip_skip > 1 else None,
         init_image=init_image,
         strength=strength,
+        mask_image=mask_image,
     )
     names = {"steps": "steps", "width": "width", "height": "height", "count": "batch_size"}
     state.check_generation(generation, names)
@@ -295,10 +308,19 @@ def _info(generation: Generation, output: Any, req: Txt2ImgRequest, clip_skip: i
     return json.dumps(info)
 
 
-async def _generate(request: Request, state: ServerState, req: Txt2ImgRequest, init_image: Any = None) -> dict:
-    generation, clip_skip = _generation(state, req, init_image)
+async def _generate(
+    request: Request,
+    state: ServerState,
+    req: Txt2ImgRequest,
+    init_image: Any = None,
+    inpaint: InpaintPlan | None = None,
+) -> dict:
+    if inpaint is not None:
+        init_image = inpaint.image
+    generation, clip_skip = _generation(state, req, init_image, inpaint.mask if inpaint else None)
     output = await wait_for(request, state.submit(generation))
-    images = [encode_png(image, p.to_text()) for image, p in zip(output.images, output.parameters)]
+    finished = [inpaint.finish(image) for image in output.images] if inpaint else output.images
+    images = [encode_png(image, p.to_text()) for image, p in zip(finished, output.parameters)]
     parameters = req.model_dump()
     if isinstance(req, Img2ImgRequest) and not req.include_init_images:
         parameters["init_images"] = None
@@ -321,8 +343,6 @@ async def img2img(req: Img2ImgRequest, request: Request, state: State) -> dict:
         raise FieldError("init_images", "image-to-image needs one init image (base64)")
     if len(req.init_images) > 1:
         raise FieldError("init_images", f"one init image per request is supported, got {len(req.init_images)}")
-    if req.mask:
-        raise FieldError("mask", "inpainting through this API is not available; send no mask")
     if req.resize_mode not in (0, 1, 2):
         raise FieldError(
             "resize_mode",
@@ -331,7 +351,25 @@ async def img2img(req: Img2ImgRequest, request: Request, state: State) -> dict:
         )
     if req.initial_noise_multiplier not in (None, 1.0):
         raise FieldError("initial_noise_multiplier", "only 1 is available")
-    image = decode_image(req.init_images[0], "init_images[0]", state.settings.limits.max_upload_pixels)
+    if req.mask_round is False:
+        raise FieldError("mask_round", "only a rounded (binary) mask is available; send true or leave it out")
+    limit = state.settings.limits.max_upload_pixels
+    image = decode_image(req.init_images[0], "init_images[0]", limit)
+    if req.mask:
+        blur = (req.mask_blur, req.mask_blur) if req.mask_blur is not None else (req.mask_blur_x, req.mask_blur_y)
+        inpaint = plan_inpainting(
+            image,
+            open_image(req.mask, "mask", limit),
+            width=req.width,
+            height=req.height,
+            resize_mode=req.resize_mode,
+            blur=blur,
+            fill=req.inpainting_fill,
+            full_res=req.inpaint_full_res,
+            padding=req.inpaint_full_res_padding,
+            invert=bool(req.inpainting_mask_invert),
+        )
+        return await _generate(request, state, req, inpaint=inpaint)
     image = fit_image(image, req.width, req.height, req.resize_mode)
     return await _generate(request, state, req, image)
 

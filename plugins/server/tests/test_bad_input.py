@@ -16,8 +16,12 @@ SMALL = {"prompt": "a red circle", "steps": 1, "width": 64, "height": 64, "seed"
 
 
 def png_base64(size: tuple[int, int] = (64, 64)) -> str:
+    return _png(Image.new("RGB", size, "blue"))
+
+
+def _png(image: Image.Image) -> str:
     buffer = io.BytesIO()
-    Image.new("RGB", size, "blue").save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -97,6 +101,17 @@ def test_img2img_other_refusals(server):
     image = png_base64()
     assert_refused(post(server, "/sdapi/v1/img2img", {**SMALL}), 422, "init_images")
     assert_refused(post(server, "/sdapi/v1/img2img", {**SMALL, "init_images": [image], "mask": image}), 422, "mask")
+    white = _png(Image.new("L", (64, 64), 255))
+    for extra, field in [
+        ({"mask": _png(Image.new("L", (32, 64), 255))}, "mask"),  # not the init image's size
+        ({"mask": "not base64!"}, "mask"),
+        ({"mask": white, "inpainting_fill": 2}, "inpainting_fill"),  # latent noise
+        ({"mask": white, "inpainting_fill": 3}, "inpainting_fill"),  # latent nothing
+        ({"mask": white, "mask_blur": -1}, "mask_blur"),
+        ({"mask": white, "inpaint_full_res_padding": -8}, "inpaint_full_res_padding"),
+        ({"mask": white, "mask_round": False}, "mask_round"),
+    ]:
+        assert_refused(post(server, "/sdapi/v1/img2img", {**SMALL, "init_images": [image], **extra}), 422, field)
     for mode in (3, 7, -1):
         refused = post(server, "/sdapi/v1/img2img", {**SMALL, "init_images": [image], "resize_mode": mode})
         assert_refused(refused, 422, "resize_mode")

@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 import requests
 from difframe_server.testing import assert_same_image, decode
 from difframe_stable_diffusion.metadata import GenerationParameters
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 webuiapi = pytest.importorskip("webuiapi")
 
@@ -99,6 +100,44 @@ def test_img2img_resize_modes_equal_a_direct_call_on_the_fitted_image(client, fr
     direct_pipe = framework.build("stable-diffusion-img2img", scheduler="euler")
     direct = direct_pipe(PROMPT, image=fitted, strength=0.75, seed=5, num_inference_steps=2, guidance_scale=7.0)
     assert_same_image(result.image, direct.images[0])
+
+
+def _inpainting_inputs():
+    init = Image.new("RGB", (64, 64), "blue")
+    ImageDraw.Draw(init).ellipse((8, 8, 56, 56), fill="red")
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 24, 47, 39), fill=255)
+    return init, mask
+
+
+def test_inpainting_equals_a_direct_call_laid_over_the_init_image(client, framework):
+    init, mask = _inpainting_inputs()
+    options = dict(prompt=PROMPT, seed=2, steps=2, width=64, height=64, sampler_name="Euler", denoising_strength=0.75)
+    exact = dict(mask_blur=0, inpainting_fill=1, inpaint_full_res=False)  # as a direct call does
+    result = client.img2img(images=[init], mask_image=mask, **options, **exact)
+    pipe = framework.build("stable-diffusion-inpaint", scheduler="euler")
+    direct = pipe(PROMPT, image=init, mask_image=mask, strength=0.75, seed=2, num_inference_steps=2, guidance_scale=7)
+    assert_same_image(result.image, Image.composite(direct.images[0], init, mask))
+    served, original, repaint = (np.asarray(i, dtype=int) for i in (result.image.convert("RGB"), init, mask))
+    assert (served[repaint == 0] == original[repaint == 0]).all()  # outside the mask: the init image, exactly
+    assert abs(served[repaint == 255] - original[repaint == 255]).mean() > 5  # inside: repainted
+    assert result.parameters["mask"] is None  # not echoed, as the web UI
+    # an inverted mask with inpainting_mask_invert is the same request
+    inverted = client.img2img(
+        images=[init], mask_image=ImageOps.invert(mask), inpainting_mask_invert=1, **options, **exact
+    )
+    assert_same_image(inverted.image, result.image)
+
+
+def test_inpainting_with_the_clients_defaults_only_changes_the_masked_region(client):
+    init, mask = _inpainting_inputs()  # webuiapi's defaults: blur 4, fill, only masked ("full res")
+    result = client.img2img(images=[init], mask_image=mask, prompt=PROMPT, seed=2, steps=2, width=64, height=64,
+                            sampler_name="Euler")  # fmt: skip
+    served, original = np.asarray(result.image.convert("RGB"), dtype=int), np.asarray(init, dtype=int)
+    far = np.asarray(mask.filter(ImageFilter.MaxFilter(25))) == 0  # beyond the blur's reach
+    assert (served[far] == original[far]).all()
+    assert abs(served[24:40, 16:48] - original[24:40, 16:48]).mean() > 5
+    assert result.info["infotexts"][0].count("Denoising strength: 0.75") == 1
 
 
 def test_png_info_reads_what_txt2img_wrote(client):
