@@ -4,10 +4,13 @@ image from the parameters embedded in its PNG. Importing this module does not im
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +39,14 @@ def add_generate_command(cli: Any) -> None:
         description="Generate images; each PNG carries its parameters (the web UIs' 'parameters' text chunk). "
         "`--from-png image.png` makes that image again.",
     )
-    parser.add_argument("prompt", nargs="?", help="the prompt (omit with --from-png)")
+    parser.add_argument(
+        "prompt", nargs="*", help="the prompt; several make -b images each, in one run (omit with --from-png)"
+    )
     parser.add_argument(
         "-m",
         "--model",
-        help="model folder, hub id or single-file checkpoint (.safetensors) (default with --from-png: the PNG's Model)",
+        help="model folder, hub id, single-file checkpoint (.safetensors), or PACKAGE:FOLDER inside an installed "
+        "package (difframe_shapes_model:difframe-shapes) (default with --from-png: the PNG's Model)",
     )
     parser.add_argument(
         "--model-config",
@@ -123,7 +129,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.prompts:  # a job file, on the local engine or Ray
         from .jobs.command import run_job_file
 
-        return run_job_file(args)
+        with quiet_loading(args.no_progress):
+            return run_job_file(args)
     import warnings
 
     from difframe.errors import DifframeError
@@ -156,6 +163,7 @@ class Request:
     call: dict[str, Any]
     build: dict[str, Any]
     out: Path
+    prompts: list[str]  # params.prompt, or every prompt of `difframe generate "a" "b"`
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -171,7 +179,8 @@ def validate(args: argparse.Namespace) -> Request | None:
     from .metadata import GenerationParameters, read_parameters
 
     params = read_parameters(args.from_png) if args.from_png else None
-    if params is None and not args.prompt:
+    prompts: list[str] = list(args.prompt or [])
+    if params is None and not prompts:
         print("error: give a prompt, or --from-png IMAGE", file=sys.stderr)
         return None
     if args.from_png and INTERRUPTED_KEY in params.extra and args.steps is None:
@@ -182,9 +191,9 @@ def validate(args: argparse.Namespace) -> Request | None:
         )
         return None
     if params is None:
-        params = GenerationParameters(prompt=args.prompt, steps=25, scheduler="dpmpp", width=0, height=0)
+        params = GenerationParameters(prompt=prompts[0], steps=25, scheduler="dpmpp", width=0, height=0)
     overrides = {
-        "prompt": args.prompt,
+        "prompt": prompts[0] if prompts else None,
         "negative_prompt": args.negative,
         "steps": args.steps,
         "scheduler": args.scheduler,
@@ -193,7 +202,7 @@ def validate(args: argparse.Namespace) -> Request | None:
         "seed": args.seed,
         "clip_skip": args.clip_skip,
         "strength": args.strength,
-        "model": args.model,
+        "model": package_folder(args.model) if args.model else None,
     }
     if args.size:
         overrides["width"], overrides["height"] = args.size
@@ -249,7 +258,7 @@ def validate(args: argparse.Namespace) -> Request | None:
                 )
         if params.strength is not None:
             call["strength"] = params.strength
-    _check_against_model(params, build, call, args.batch)
+    _check_against_model(params, build, call, args.batch * max(1, len(prompts)))
     if params.width and params.height:
         call["width"], call["height"] = params.width, params.height
     out = Path(args.out)
@@ -258,7 +267,9 @@ def validate(args: argparse.Namespace) -> Request | None:
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise ValueError(f"--out {out} is not writable")
-    return Request(pipeline=pipeline, params=params, call=call, build=build, out=out)
+    return Request(
+        pipeline=pipeline, params=params, call=call, build=build, out=out, prompts=prompts or [params.prompt]
+    )
 
 
 def _check_numbers(args: argparse.Namespace, params: Any) -> None:
@@ -435,7 +446,8 @@ def _generate(args: argparse.Namespace, request: Request) -> int:
 
     params = request.params
     framework = request.build.pop("framework", None) or Framework()
-    pipe = framework.build(request.pipeline, model=params.model, **request.build)
+    with quiet_loading(args.no_progress):
+        pipe = framework.build(request.pipeline, model=params.model, **request.build)
     if getattr(pipe, "single_file", None) is not None:
         print(f"{pipe.single_file.path.name}: {pipe.single_file.description}", file=sys.stderr)
     pipe.set_progress_bar_config(desc="denoising", leave=True, disable=args.no_progress)
@@ -445,7 +457,7 @@ def _generate(args: argparse.Namespace, request: Request) -> int:
         given = [parse_embedding_option(option) for option in args.embedding]
         pipe.load_textual_inversion([file for _, file in given], token=[token for token, _ in given])
     output = pipe(
-        params.prompt,
+        request.prompts if len(request.prompts) > 1 else params.prompt,
         negative_prompt=params.negative_prompt or None,
         num_inference_steps=params.steps,
         guidance_scale=params.guidance_scale,
@@ -458,3 +470,40 @@ def _generate(args: argparse.Namespace, request: Request) -> int:
     for path in output.save(request.out):
         print(path, flush=True)
     return 0
+
+
+def package_folder(model: str) -> str:
+    """--model PACKAGE:FOLDER (a folder inside an installed package) -> that folder; anything else as it is."""
+    package, separator, _ = model.partition(":")
+    if not separator or Path(model).expanduser().exists() or not all(p.isidentifier() for p in package.split(".")):
+        return model
+    from difframe.framework import packaged_folder
+
+    folder = packaged_folder(model)
+    if not Path(folder).is_dir():
+        raise ValueError(f"--model {model}: the package {package!r} has no folder {model.partition(':')[2]!r}")
+    return folder
+
+
+@contextmanager
+def quiet_loading(quiet: bool) -> Iterator[None]:
+    """--no-progress: also no progress bars from the libraries that read weights (transformers' "Loading weights",
+    the hub's downloads); restored afterwards."""
+    restore = []
+    if quiet and importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as transformers_logging
+
+        if transformers_logging.is_progress_bar_enabled():
+            transformers_logging.disable_progress_bar()
+            restore.append(transformers_logging.enable_progress_bar)
+    if quiet and importlib.util.find_spec("huggingface_hub") is not None:
+        from huggingface_hub import utils as hub_utils
+
+        if not hub_utils.are_progress_bars_disabled():
+            hub_utils.disable_progress_bars()
+            restore.append(hub_utils.enable_progress_bars)
+    try:
+        yield
+    finally:
+        for undo in restore:
+            undo()

@@ -95,3 +95,49 @@ def test_generate_warnings_are_one_line_each(tiny_model, tmp_path, capsys):
     assert run(*argv) == 0
     err = capsys.readouterr().err
     assert err.count("warning: guidance_scale 50 is above the usual 1-30") == 1 and "UserWarning" not in err
+
+
+def test_several_prompts_in_one_run_and_no_stray_progress_bar(tiny_model, tmp_path, capsys):
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()  # as in a fresh process: on until --no-progress turns it off
+    out = tmp_path / "out"
+    common = ("-m", str(tiny_model), "--steps", "1", "--size", "32", "--seed", "3", "-b", "2", "-o", str(out))
+    assert run("generate", "a red fox", "a blue cat", *common, "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "it/s" not in err, err
+    assert transformers_logging.is_progress_bar_enabled()  # restored after the run
+    made = sorted(out.glob("*.png"))
+    assert [p.name for p in made] == ["00000-3.png", "00001-4.png", "00002-5.png", "00003-6.png"]
+    prompts = [Image.open(p).text["parameters"].splitlines()[0] for p in made]
+    assert prompts == ["a red fox", "a red fox", "a blue cat", "a blue cat"]
+
+
+def test_prompts_file_with_plain_and_json_lines(tiny_model, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('a red fox\n\n{"prompt": "a blue cat", "steps": 2, "seed": 9, "sampler": "euler"}\n')
+    out = tmp_path / "out"
+    common = ("-m", str(tiny_model), "--steps", "1", "--size", "32", "--seed", "5", "--no-progress")
+    assert run("generate", "--prompts", str(prompts), *common, "-o", str(out)) == 0
+    texts = sorted(Image.open(p).text["parameters"] for p in out.glob("*.png"))
+    assert len(texts) == 2
+    fox, cat = sorted(texts, key=lambda t: not t.startswith("a red fox"))
+    assert fox.startswith("a red fox\nSteps: 1,") and "Seed: 5," in fox  # the command line's settings
+    assert cat.startswith("a blue cat\nSteps: 2, Sampler: Euler,") and "Seed: 9," in cat  # the line's own
+
+
+def test_model_given_as_a_folder_inside_a_package(tiny_model, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    site = tmp_path / "site"
+    (site / "my_models").mkdir(parents=True)
+    (site / "my_models" / "__init__.py").write_text("")
+    (site / "my_models" / "tiny").symlink_to(tiny_model, target_is_directory=True)
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    out = tmp_path / "out"
+    common = ("--steps", "1", "--size", "32", "--seed", "1", "--no-progress", "-o", str(out))
+    assert run("generate", "a red fox", "-m", "my_models:tiny", *common) == 0
+    assert len(list(out.glob("*.png"))) == 1
+    assert run("generate", "a red fox", "-m", "my_models:missing", *common) == 2
+    assert "my_models" in capsys.readouterr().err

@@ -25,7 +25,11 @@ USED = {
 def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(generate_parser=parser)
     group = parser.add_argument_group("job files (docs/ray.md)")
-    group.add_argument("--prompts", help="job file: one JSON object per line (prompt, seed, steps, size, ...)")
+    group.add_argument(
+        "--prompts",
+        help="prompt file: one prompt per line, or one JSON object per line with its own settings (prompt, seed, "
+        "steps, size, ...)",
+    )
     group.add_argument("--engine", default="local", help="where the jobs run: local (default, this process) or ray")
     group.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: start Ray here)")
     group.add_argument("--workers", type=int, help="Ray workers (default: the cluster's CPUs / threads per worker)")

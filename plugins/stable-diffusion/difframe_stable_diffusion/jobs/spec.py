@@ -1,7 +1,9 @@
-"""The job file: one JSON object per line (one image each), validated with line numbers before any worker starts.
+"""The job file: one image per line, validated with line numbers before any worker starts. A line is a JSON object
+of settings, or (when it does not start with "{" or "[") a plain prompt:
 
     {"prompt": "a red circle", "seed": 7}
     {"prompt": "a blue square", "negative_prompt": "blurry", "seed": 8, "steps": 30, "sampler": "euler_a"}
+    a green triangle
 
 Options missing from a line come from the command line (or ``defaults``); ``seed`` may come from a base seed
 (job i gets base + i). Every job ends up with a fixed seed, so each image can be made again.
@@ -149,6 +151,8 @@ def parse_jobs(
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
+        if text.lstrip()[:1] not in ("{", "["):  # a plain line is a prompt, with the command line's settings
+            text = json.dumps({"prompt": text.strip()})
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
