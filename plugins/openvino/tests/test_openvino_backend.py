@@ -57,6 +57,23 @@ def test_png_parameters_and_seeds_are_unchanged(eager, compiled):
     assert theirs.images[0].info["parameters"] == ours.images[0].info["parameters"]
 
 
+@pytest.mark.parametrize("sampler, guider", [("euler_a", "apg"), ("dpmpp_sde", "cfg-zero-star")])
+def test_other_samplers_and_guiders_run_unchanged_on_top(eager, compiled, sampler, guider):
+    """Samplers and guiders are the pipeline's code around the models: the same on the compiled graphs."""
+    try:
+        for pipe in (eager, compiled):
+            pipe.set_scheduler(sampler)
+            pipe.set_guider(guider)
+        ours = eager(PROMPTS[0], seed=3, **CALL)
+        theirs = compiled(PROMPTS[0], seed=3, **CALL)
+        assert np.abs(ours.images - theirs.images).max() < 1e-3
+        assert ours.parameters[0] == theirs.parameters[0]
+    finally:
+        for pipe in (eager, compiled):
+            pipe.set_scheduler("dpmpp")
+            pipe.set_guider("cfg")
+
+
 def test_second_start_comes_from_the_disk_cache_and_bf16_stays_close(framework, eager, compiled, cache):
     again = framework.build(
         "stable-diffusion", progress=False, backend="openvino", backend_options={"precision": "f32", "cache_dir": cache}
