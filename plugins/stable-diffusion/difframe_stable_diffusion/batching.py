@@ -123,3 +123,84 @@ def available_memory(device: Any) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+AUTO_BUDGET_FRACTION = 0.8  # of the free memory, when no budget is set
+
+
+def split_where_changes(ranges: list[tuple[int, int]], keys: list[Any]) -> list[tuple[int, int]]:
+    """Split ranges so that every range holds images with one key (here: the text embedding's length)."""
+    result = []
+    for start, stop in ranges:
+        begin = start
+        for i in range(start + 1, stop):
+            if keys[i] != keys[i - 1]:
+                result.append((begin, i))
+                begin = i
+        result.append((begin, stop))
+    return result
+
+
+class SizesAndMemoryMixin:
+    """Image sizes a model takes, the memory a call needs, and how many images run together."""
+
+    @property
+    def vae_scale_factor(self) -> int:
+        factor = getattr(self.vae, "scale_factor", None)
+        if isinstance(factor, int):
+            return factor
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this: the VAE factor times the UNet's downsampling."""
+        return self.vae_scale_factor * 2 ** int(getattr(self.unet, "num_upsamplers", 0))
+
+    def default_size(self) -> int:
+        size = self.unet.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        return int(size) * self.vae_scale_factor
+
+    def check_size(self, height: int, width: int) -> None:
+        from .request import check_size
+
+        multiple = self.size_multiple
+        why = f"the VAE's factor {self.vae_scale_factor}"
+        if multiple != self.vae_scale_factor:
+            why += f" times the UNet's downsampling {multiple // self.vae_scale_factor}"
+        check_size(height, width, multiple, why)
+
+    def _itemsize(self) -> int:
+        import torch
+
+        return torch.empty((), dtype=self.unet.dtype).element_size()
+
+    def check_memory(self, height: int, width: int, total: int = 1) -> None:
+        """Refuse up front a size whose image alone cannot fit in the device's free memory, or a batch whose
+        images (all held until the call returns) cannot."""
+        from .request import check_memory, minimum_image_bytes
+
+        channels = self.unet.config.block_out_channels[0]
+        needed = minimum_image_bytes(height, width, self.vae_scale_factor, channels, self._itemsize())
+        free = available_memory(self.execution_device)
+        check_memory(needed, free, height, width, self.execution_device)
+        check_memory(total * height * width * 3 * 4, free, height, width, self.execution_device, images=total)
+
+    def estimate_image_bytes(self, height: int, width: int, guided: bool) -> int:
+        """A rough peak working memory per image (activations, not weights), for splitting batches into chunks."""
+        itemsize = self._itemsize()
+        tokens = (height // self.vae_scale_factor) * (width // self.vae_scale_factor)
+        channels = self.unet.config.block_out_channels[0]
+        unet = (2 if guided else 1) * tokens * channels * itemsize * 40
+        vae_channels = self.vae.config.block_out_channels[0]
+        vae = 0 if getattr(self.vae, "use_slicing", False) else height * width * vae_channels * itemsize * 6
+        return int(max(unet, vae))
+
+    def chunk_size(self, total: int, height: int, width: int, guided: bool, budget: int | None) -> int:
+        """Images per chunk: those that fit the budget (-1: all; None: a share of the free memory)."""
+        if budget == -1:
+            return total
+        if budget is None:
+            free = available_memory(self.execution_device)
+            budget = None if free is None else int(free * AUTO_BUDGET_FRACTION)
+        return chunk_size_for(total, self.estimate_image_bytes(height, width, guided), budget)

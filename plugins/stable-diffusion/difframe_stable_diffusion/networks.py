@@ -11,6 +11,7 @@ appended as tags, and "Lora hashes" / "TI hashes" name the files the way the web
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +35,9 @@ class NetworksMixin(LoraMixin, TextualInversionMixin):
         self.lora_dir = lora_dir
         super().apply_options(**rest)
 
-    def _generate(self, **call: Any) -> Any:
-        prompts: list[str] | None = call.get("prompts")
-        negatives: list[str] | None = call.get("negatives")
+    def _generate(self, request: Any) -> Any:
+        prompts: list[str] | None = request.prompts
+        negatives: list[str] | None = request.negatives
         texts = (prompts or []) + (negatives or [])
         parsed = [parse_lora_tags(text) for text in texts]
         tag_sets = {tuple(sorted(tags.items())) for _, tags in parsed[: len(prompts or [])]}
@@ -50,14 +51,15 @@ class NetworksMixin(LoraMixin, TextualInversionMixin):
                 + ". Generate them in separate calls."
             )
         if not tags:
-            output = super()._generate(**call)
+            output = super()._generate(request)
             return self._record_networks(output, prompts, negatives, prompts, negatives, {})
         stripped = [text for text, _ in parsed]
-        call = {**call, "prompts": stripped[: len(prompts or [])] or prompts}
-        call["negatives"] = stripped[len(prompts or []) :] or negatives
+        request = copy.copy(request)  # the caller's request keeps its prompts
+        request.prompts = stripped[: len(prompts or [])] or prompts
+        request.negatives = stripped[len(prompts or []) :] or negatives
         with self._changing("a prompt's <lora:...> tags"), self._prompt_loras(tags):
-            output = super()._generate(**call)
-        return self._record_networks(output, call["prompts"], call["negatives"], prompts, negatives, tags)
+            output = super()._generate(request)
+        return self._record_networks(output, request.prompts, request.negatives, prompts, negatives, tags)
 
     @contextlib.contextmanager
     def _prompt_loras(self, tags: dict[str, float]) -> Iterator[None]:

@@ -8,10 +8,11 @@ import json
 import math
 import operator
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MAX_SEED = 2**32 - 1  # torch's CPU generator seeds its Mersenne Twister with the low 32 bits of the seed
 MAX_GUIDANCE = 100.0
 USUAL_GUIDANCE = 30.0  # the web UIs' slider ends here; above it images saturate towards flat colours
@@ -170,3 +171,132 @@ def check_memory(needed: int, free: int | None, height: int, width: int, device:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+@dataclass
+class GenerationRequest:
+    """The settings of one pipeline call, from ``__call__`` to the loop: the call's own arguments (same names and
+    defaults as the pipelines' parameters), then what the checks derive from them. One object, never forwarded
+    argument by argument."""
+
+    prompt: Any = None
+    negative_prompt: Any = None
+    height: int | None = None
+    width: int | None = None
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    guidance_rescale: float = 0.0
+    num_images_per_prompt: int = 1
+    seed: Any = None
+    seeds: Any = None
+    generator: Any = None
+    latents: Any = None
+    prompt_embeds: Any = None
+    negative_prompt_embeds: Any = None
+    clip_skip: int | None = None
+    output_type: str = "pil"
+    callback_on_step_end: Any = None
+    cross_attention_kwargs: dict[str, Any] | None = None
+    memory_budget: Any = None
+    ip_adapter_image: Any = None
+    ip_adapter_image_embeds: Any = None
+    ip_adapter_masks: Any = None
+    strength: float | None = None  # image-to-image and inpainting: how much of the schedule runs
+    # derived by the checks (check_call and the pipeline's prepare_inputs)
+    prompts: list[str] | None = field(default=None, init=False)
+    negatives: list[str] | None = field(default=None, init=False)
+    count: int = field(default=0, init=False)  # prompts (or rows of prompt_embeds)
+    inputs: dict[str, Any] = field(default_factory=dict, init=False)  # the pipeline's per-prompt tensors
+
+    @classmethod
+    def of_call(
+        cls, prompt: Any, negative_prompt: Any, settings: dict[str, Any], not_taken: tuple[str, ...] = ()
+    ) -> GenerationRequest:
+        """The request of a pipeline's call: its prompts and keyword settings (``not_taken``: settings this
+        pipeline has no use for). An unknown setting is refused with the list of known ones."""
+        known = {f.name for f in fields(cls) if f.init} - {"prompt", "negative_prompt", "strength", *not_taken}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise TypeError(
+                f"unknown argument(s) {', '.join(map(repr, unknown))}; this pipeline takes {', '.join(sorted(known))}"
+            )
+        return cls(prompt=prompt, negative_prompt=negative_prompt, **settings)
+
+    @property
+    def total(self) -> int:
+        """Images of the call: prompts x images per prompt."""
+        return self.count * self.num_images_per_prompt
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+def check_call(request: GenerationRequest, cross_attention_dim: Any, text_layers: Any) -> None:
+    """The checks every pipeline's call shares; fills ``request.prompts``, ``negatives`` and ``count``.
+    ``cross_attention_dim``: the UNet's text width; ``text_layers``: the text encoder's layers (None: unknown)."""
+    from .batching import as_prompt_list
+
+    prompt, negative_prompt = request.prompt, request.negative_prompt
+    prompt_embeds, negative_prompt_embeds = request.prompt_embeds, request.negative_prompt_embeds
+    if prompt is not None and prompt_embeds is not None:
+        raise ValueError("pass prompt or prompt_embeds, not both")
+    if prompt is None and prompt_embeds is None:
+        raise ValueError("pass a prompt (a string or a list of strings) or prompt_embeds")
+    if negative_prompt is not None and negative_prompt_embeds is not None:
+        raise ValueError("pass negative_prompt or negative_prompt_embeds, not both")
+    prompts = as_prompt_list(prompt, "prompt")
+    negatives = as_prompt_list(negative_prompt, "negative_prompt")
+    if prompt_embeds is not None and prompt_embeds.ndim != 3:
+        raise ValueError(f"prompt_embeds must be (batch, tokens, dim), got shape {tuple(prompt_embeds.shape)}")
+    for name, tensor in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+        if tensor is not None and isinstance(cross_attention_dim, int) and tensor.shape[-1] != cross_attention_dim:
+            raise ValueError(
+                f"{name} has width {tensor.shape[-1]}; this UNet's cross-attention takes {cross_attention_dim} (the "
+                "text encoder's hidden size)"
+            )
+    count = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+    if negatives is not None and len(negatives) != count:
+        if len(negatives) == 1 and isinstance(negative_prompt, str):
+            negatives = negatives * count
+        else:
+            raise ValueError(
+                f"negative_prompt has {len(negatives)} entries but there are {count} prompts; pass one negative "
+                "prompt per prompt, or a single string for all"
+            )
+    if negative_prompt_embeds is not None:
+        expected = prompt_embeds.shape if prompt_embeds is not None else None
+        if negative_prompt_embeds.shape[0] != count or (expected and negative_prompt_embeds.shape != expected):
+            raise ValueError(
+                f"negative_prompt_embeds has shape {tuple(negative_prompt_embeds.shape)}; it must match the "
+                f"prompts ({count}) and prompt_embeds"
+            )
+    steps = request.num_inference_steps
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise ValueError(f"num_inference_steps must be an integer, got {steps!r}")
+    if steps < 1:
+        raise ValueError(f"num_inference_steps must be at least 1, got {steps}")
+    check_guidance(request.guidance_scale, negative_prompt is not None or negative_prompt_embeds is not None)
+    rescale = request.guidance_rescale
+    if not isinstance(rescale, (int, float)) or not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1], got {rescale!r}")
+    per_prompt = request.num_images_per_prompt
+    if isinstance(per_prompt, bool) or not isinstance(per_prompt, int):
+        raise ValueError(f"num_images_per_prompt must be an integer, got {per_prompt!r}")
+    if per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be at least 1, got {per_prompt}")
+    if request.output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {request.output_type!r}")
+    if request.callback_on_step_end is not None and not callable(request.callback_on_step_end):
+        raise TypeError("callback_on_step_end must be callable: f(pipe, step, timestep, tensors) -> dict")
+    clip_skip = request.clip_skip
+    if clip_skip is not None and (isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0):
+        raise ValueError(f"clip_skip must be a non-negative integer, got {clip_skip!r}")
+    if clip_skip and isinstance(text_layers, int) and clip_skip >= text_layers:
+        raise ValueError(f"clip_skip {clip_skip} leaves no layer: the text encoder has {text_layers} layers")
+    import torch
+
+    for name, tensor in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} holds NaN or infinite values")
+    request.prompts, request.negatives, request.count = prompts, negatives, count

@@ -59,6 +59,10 @@ def test_memory_budget_splits_batches(h, framework, tiny_model):
     pipe.run_chunk = spy
     try:
         pipe("a cat", seed=1, num_images_per_prompt=5, num_inference_steps=1, memory_budget=per_image * 2)
+        assert calls == [1] * 5  # reproducible (the default): every image in a batch of its own
+        calls.clear()
+        pipe.set_reproducible(False)
+        pipe("a cat", seed=1, num_images_per_prompt=5, num_inference_steps=1, memory_budget=per_image * 2)
         assert calls == [2, 2, 1]
         assert pipe.memory_budget is None  # a call's budget is for that call only
         calls.clear()
@@ -68,6 +72,7 @@ def test_memory_budget_splits_batches(h, framework, tiny_model):
     finally:
         del pipe.run_chunk
         pipe.set_memory_budget(None)
+        pipe.set_reproducible(True)
 
 
 def test_callback_reads_replaces_latents_and_interrupts(h, framework, tiny_model):
