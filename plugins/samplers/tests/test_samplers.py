@@ -533,3 +533,38 @@ def test_dpm_solver_combinations_the_reference_fails_on_are_clear_errors(fw: Fra
     with pytest.raises(ValueError, match="no third-order update"):
         denoise(sampler, 5)
     assert torch.isfinite(denoise(sampler, 4)).all()  # 4 steps never reach third order
+
+
+# --- the public contract a third party subclasses -------------------------------------------------------------------
+def test_shared_options_are_declared_once_and_taken_by_subclasses() -> None:
+    from difframe.scheduling import SCHEDULE_OPTIONS, SIGMA_BOUNDS, AlphaScheduler, SigmaScheduler, defaults
+
+    class Plain(SigmaScheduler):  # no __init__ at all: the base's options, the common defaults
+        pass
+
+    class Own(AlphaScheduler):
+        schedule_options = (*AlphaScheduler.schedule_options, *SIGMA_BOUNDS)
+        schedule_defaults = defaults(beta_schedule="scaled_linear")
+
+        def __init__(self, strength: float = 0.5) -> None:
+            self.ready = self.alphas_cumprod is not None  # the base prepared the schedule first
+
+    assert set(Plain().config) == set(SigmaScheduler.schedule_options)
+    assert Plain().config.beta_start == SCHEDULE_OPTIONS["beta_start"].default
+    own = Own(strength=0.25, beta_end=0.012)
+    assert own.ready and own.config.strength == 0.25 and own.config.beta_schedule == "scaled_linear"
+    assert own.config.timestep_spacing == "leading"  # AlphaScheduler's default, inherited
+    assert "sigma_max" in own.config and own.alphas_cumprod[-1] < own.alphas_cumprod[0]
+    with pytest.raises(TypeError):
+        Own(0.25, 1000)  # shared options are keyword-only: a positional call cannot misplace them
+    with pytest.raises(ConfigError, match="beta_schedule"):
+        Own.from_config({"beta_schedule": "cubic"})
+
+
+def test_a_misspelt_shared_option_fails_when_the_class_is_defined() -> None:
+    from difframe.scheduling import SigmaScheduler, defaults
+
+    with pytest.raises(TypeError, match="beta_begin"):
+
+        class Wrong(SigmaScheduler):
+            schedule_defaults = defaults(beta_begin=0.001)
