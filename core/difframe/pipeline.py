@@ -17,6 +17,8 @@ from .paths import check_folder, contained
 
 P = TypeVar("P", bound="DiffusionPipeline")
 INDEX_NAME = "model_index.json"
+SINGLE_FILE_OPTIONS = frozenset({"config"})  # read by load_single_file: the architecture of a file that cannot tell
+
 WEIGHT_PATTERNS = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
 
@@ -187,6 +189,9 @@ class DiffusionPipeline:
             folder_only = {"variant": variant, "revision": revision, "cache_dir": cache_dir, "token": token}
             if given := [name for name, value in folder_only.items() if value is not None]:
                 raise TypeError(f"{', '.join(given)} apply to model folders and hub ids, not to the file {reference}")
+            cls._check_option_names(
+                {k: v for k, v in overrides.items() if k not in cls.declared and k not in SINGLE_FILE_OPTIONS}
+            )
             return cls.load_single_file(
                 reference,
                 framework=framework,
