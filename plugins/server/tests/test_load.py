@@ -162,3 +162,23 @@ def test_a_batch_goes_on_for_the_clients_still_waiting(server, reference):
     jobs = [j for j in wait_until_idle(server.url)["recent"] if j["id"] not in before]
     assert [(j["state"], j["batch"]) for j in jobs[1:]] == [("cancelled", 2), ("done", 2)], jobs
     assert jobs[1]["steps_run"] == jobs[2]["steps_run"] == 12  # the batch ran on for the client that stayed
+
+
+def test_concurrent_requests_with_different_samplers_each_get_their_own(server, reference):
+    """The worker switches the pipeline's sampler between jobs; requests that wait together never share one."""
+    labels = {"Euler": "euler", "DDIM": "ddim", "DPM++ 2M": "dpmpp_2m"}
+    asks = [(label, 300 + i) for i, label in enumerate(list(labels) * 3)]
+
+    def ask(item):
+        label, seed = item
+        payload = {"prompt": "a green triangle", "steps": 2, "width": 64, "height": 64, "seed": seed}
+        return requests.post(server.url + "/sdapi/v1/txt2img", json={**payload, "sampler_name": label}, timeout=600)
+
+    with ThreadPoolExecutor(len(asks)) as pool:
+        responses = list(pool.map(ask, asks))
+    assert [r.status_code for r in responses] == [200] * len(asks)
+    for (label, seed), response in zip(asks, responses):
+        reference.set_scheduler(labels[label])
+        expected = reference("a green triangle", seed=seed, num_inference_steps=2, guidance_scale=7.0).images[0]
+        assert_same_image(decode(response.json()["images"][0]), expected)
+        assert json.loads(response.json()["info"])["sampler_name"] == label
