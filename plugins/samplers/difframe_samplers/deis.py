@@ -77,7 +77,7 @@ class DEISScheduler(MultistepScheduler):
         return SchedulerOutput(prev, x0)
 
     def _update(self, x: torch.Tensor, order: int) -> torch.Tensor:
-        i = self._step_index
+        i = self.step_index
         (alpha_t, sigma_t, lambda_t), (alpha_s0, sigma_s0, lambda_s0) = self.lambdas(i + 1, i)
         m = self.model_outputs
         if order == 1:

@@ -115,7 +115,7 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
 
     def _update(self, x: torch.Tensor, order: int, noise: torch.Tensor | None) -> torch.Tensor:
         """From the run's first sample x (at step i - order + 1) to step i + 1, with the run's ``order`` outputs."""
-        i, m = self._step_index, self.model_outputs
+        i, m = self.step_index, self.model_outputs
         points = self.lambdas(i + 1, *range(i - order + 1, i + 1))  # the target, then the run's points, oldest first
         (alpha_t, sigma_t, lambda_t), (alpha_s, sigma_s, lambda_s) = points[0], points[1]
         h = lambda_t - lambda_s

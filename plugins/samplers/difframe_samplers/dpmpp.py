@@ -168,7 +168,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
 
     def _update(self, x: torch.Tensor, order: int, noise: torch.Tensor | None) -> torch.Tensor:
         """The step from step i to i + 1 from the last ``order`` outputs: their divided differences in λ."""
-        i = self._step_index
+        i = self.step_index
         (alpha_t, sigma_t, lambda_t), (alpha_s0, sigma_s0, lambda_s0) = self.lambdas(i + 1, i)
         h, m = lambda_t - lambda_s0, self.model_outputs
         ends = (alpha_s0, sigma_s0), (alpha_t, sigma_t)

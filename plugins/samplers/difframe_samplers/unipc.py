@@ -71,7 +71,7 @@ class UniPCScheduler(MultistepScheduler):
         kind = self.config.prediction_type
         if kind == "epsilon":
             return model_output
-        alpha_t, sigma_t = alpha_sigma(self.sigmas[self._step_index])
+        alpha_t, sigma_t = alpha_sigma(self.sigmas[self.step_index])
         if kind == "sample":
             return (sample - alpha_t * model_output) / sigma_t
         return alpha_t * model_output + sigma_t * sample
