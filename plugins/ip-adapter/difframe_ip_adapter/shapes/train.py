@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     partial.replace(models / "ip-adapter_shapes.safetensors")
     encoder.eval().save_pretrained(models / "image_encoder")
     processor.save_pretrained(models / "image_encoder")
-    (args.out / "recipe.json").write_text(json.dumps({**recipe, "final_loss": log[-1]}, indent=2) + "\n")
+    summary = {**recipe, "final_loss_100": float(np.mean(log[-100:])), "wall_s": round(time.perf_counter() - begin)}
+    (args.out / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"wrote": str(models), "s": round(time.perf_counter() - begin)}), flush=True)
 
 
