@@ -127,8 +127,9 @@ def speed(size: int, steps: int, ratio: float, model_dir: Path, model: Path | No
         finally:
             tomesd.remove_patch(theirs)
 
-    ours("warm-up", seed=0, **{**settings, "num_inference_steps": 1})
-    theirs("warm-up", generator=torch.Generator().manual_seed(0), **{**settings, "num_inference_steps": 1})
+    warm_up = {**settings, "num_inference_steps": 1, "height": 256, "width": 256}
+    ours("warm-up", seed=0, **warm_up)
+    theirs("warm-up", generator=torch.Generator().manual_seed(0), **warm_up)
     merged = f"ratio {ratio}, use_rand=False"
     results = {
         "ours, exact": ours_with(False),
