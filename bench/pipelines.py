@@ -7,6 +7,12 @@ encoder calls, so the pipeline's own overhead is the rest.
 
 Run: .venv/bin/python bench/pipelines.py [--repeat 3] [--threads N] [--model-dir DIR]
 Prints a markdown table for docs/benchmarks.md ("## Pipelines (issue 5)").
+
+With --batch N it instead compares, in ours only, a batch of N images (one prompt, seeds 0..N-1, --steps steps)
+made reproducibly (the default: each image's guidance pair in a model call of its own, bit-identical to the image
+made alone) and batched (``reproducible=False``: all N images in each model call), and prints images per second,
+the reproducible mode's throughput cost, and each mode's overhead outside the model calls ("## Reproducible
+batches (issue 12)").
 """
 
 from __future__ import annotations
@@ -60,6 +66,45 @@ def make_model(folder: Path) -> None:
     ).save_pretrained(folder)
 
 
+def batch_worker(mode: str, model: str, threads: int, images: int, steps: int) -> None:
+    import torch
+    from difframe import Framework
+
+    torch.set_num_threads(threads)
+    pipe = Framework().build("stable-diffusion", model=model, scheduler="dpmpp", reproducible=mode == "reproducible")
+    pipe.set_progress_bar_config(disable=True)
+    settings = {**SETTINGS, "num_inference_steps": steps}
+    pipe(PROMPT, negative_prompt=NEGATIVE, seed=SEED, **{**settings, "num_inference_steps": 1})  # warm-up
+    pipe.timings = {}
+    begin = time.perf_counter()
+    pipe(PROMPT, negative_prompt=NEGATIVE, seed=SEED, num_images_per_prompt=images, **settings)
+    call = time.perf_counter() - begin
+    print(json.dumps({"call_s": call, "model_s": sum(pipe.timings.values())}))
+
+
+def compare_batches(model: Path, threads: int, images: int, steps: int, repeat: int) -> None:
+    runs: dict[str, list[dict]] = {"reproducible": [], "batched": []}
+    for i in range(repeat):
+        for mode in ("reproducible", "batched") if i % 2 == 0 else ("batched", "reproducible"):
+            command = [sys.executable, __file__, "--batch-worker", mode, "--model-dir", str(model)]
+            command += ["--threads", str(threads), "--batch", str(images), "--steps", str(steps)]
+            result = subprocess.run(command, check=True, capture_output=True, text=True)
+            runs[mode].append(json.loads(result.stdout.strip().splitlines()[-1]))
+    rate = {mode: images / statistics.median(r["call_s"] for r in runs[mode]) for mode in runs}
+    print(
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, {threads} threads; "
+        f"`{Path(sys.executable).name} bench/pipelines.py --batch {images} --steps {steps} --repeat {repeat} "
+        f"--threads {threads}`; medians of {repeat} fresh processes each (after a one-step warm-up call).\n"
+    )
+    print("| mode | images/s | overhead outside model calls |")
+    print("| --- | ---: | ---: |")
+    for mode in runs:
+        overhead = statistics.median((r["call_s"] - r["model_s"]) / r["call_s"] for r in runs[mode])
+        print(f"| {mode} | {rate[mode]:.3f} | {overhead:.2%} |")
+    cost = 1 - rate["reproducible"] / rate["batched"]
+    print(f"\nReproducible mode's throughput cost against the batched run: {cost:.1%}.")
+
+
 def worker(which: str, model: str, threads: int, image_out: str) -> None:
     import numpy as np
     import torch
@@ -110,13 +155,22 @@ def main() -> None:
     parser.add_argument("--model-dir", default=str(Path(tempfile.gettempdir()) / "difframe-bench" / "sd15-random"))
     parser.add_argument("--worker", choices=("ours", "reference"))
     parser.add_argument("--image-out")
+    parser.add_argument("--batch", type=int, help="compare reproducible and batched runs of this many images")
+    parser.add_argument("--steps", type=int, default=2, help="with --batch: sampler steps")
+    parser.add_argument("--batch-worker", choices=("reproducible", "batched"))
     args = parser.parse_args()
     model = Path(args.model_dir)
     if args.worker:
         worker(args.worker, str(model), args.threads, args.image_out)
         return
+    if args.batch_worker:
+        batch_worker(args.batch_worker, str(model), args.threads, args.batch, args.steps)
+        return
     if not (model / "model_index.json").is_file():
         make_model(model)
+    if args.batch:
+        compare_batches(model, args.threads, args.batch, args.steps, args.repeat)
+        return
 
     import numpy as np
 
