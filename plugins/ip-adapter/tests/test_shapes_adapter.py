@@ -1,28 +1,37 @@
 """The shipped IP-Adapter of the built-in shapes model, measured with the built-in scorer on reference images the
-training never drew (a small sample; the model card's table is the full measurement)."""
+training never drew (16 of them, 10 sampler steps; the model card's table is the full 60-image measurement)."""
 
 from __future__ import annotations
 
-import pytest
 from difframe_ip_adapter.shapes.evaluate import FOLDER, WEIGHT_NAME, evaluate, load
 
-pytestmark = pytest.mark.skipif(
-    not (FOLDER / "models" / WEIGHT_NAME).is_file(), reason="the shapes adapter is not in this checkout"
-)
+
+def test_the_adapter_ships_in_the_published_layout():
+    models = FOLDER / "models"
+    assert (models / WEIGHT_NAME).is_file()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        assert (models / "image_encoder" / name).is_file()
 
 
 def test_image_prompt_follows_the_reference_and_rises_with_scale():
+    import torch
     from difframe import Framework
 
-    pipe = Framework().build("stable-diffusion")
-    pipe.set_progress_bar_config(disable=True)
-    load(pipe)
-    rows = evaluate(pipe, [0.0, 1.0], images=16, steps=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pipe = Framework().build("stable-diffusion")
+        pipe.set_progress_bar_config(disable=True)
+        load(pipe)
+        rows = evaluate(pipe, [0.0, 1.0], images=16, steps=10)
+    finally:
+        torch.set_num_threads(threads)
     empty = {row["scale"]: row for row in rows if row["prompt"] == "empty"}
     against = {row["scale"]: row for row in rows if row["prompt"] == "contradicting"}
-    assert empty[1.0]["image colours"] >= 70.0  # the card reports the full 60-image figure
-    assert empty[1.0]["image colours"] > empty[0.0]["image colours"] + 30
-    assert empty[1.0]["image shape kind"] > empty[0.0]["image shape kind"]
-    # a prompt that contradicts the image: the scale moves the result from the text to the image
-    assert against[0.0]["text colours"] > against[1.0]["text colours"]
-    assert against[1.0]["image colours"] > against[0.0]["image colours"]
+    # an empty prompt: at scale 0 the picture has nothing of the reference; at scale 1 it has its colours (85% of
+    # 60 in the model card). Its shape kind is not learned (about chance in the card), so it is not asserted.
+    assert empty[1.0]["image colours"] >= 60.0, rows
+    assert empty[1.0]["image colours"] >= empty[0.0]["image colours"] + 40, rows
+    # a prompt that contradicts the image: the scale moves the colours from the text's to the image's
+    assert against[0.0]["text colours"] >= against[1.0]["text colours"] + 40, rows
+    assert against[1.0]["image shape colour"] > against[0.0]["image shape colour"], rows
