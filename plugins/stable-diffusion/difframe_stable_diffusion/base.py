@@ -28,6 +28,7 @@ from .loop import Chunk, Start, denoise
 from .noise import check_latents, chunk_generators, plan_noise
 from .numerics import FiniteWatch, check_decoded
 from .output import AutoencoderMixin, StableDiffusionOutput, image_parameters, make_output
+from .prompt_networks import lora_folder
 from .prompts import PromptsMixin
 from .request import GenerationRequest, check_call, check_device, check_scaling_factor, read_geometry
 from .runtime import RuntimeMixin, budget_bytes, check_attention_name
@@ -79,6 +80,8 @@ class StableDiffusionBase(
                 "in float32, float16 or bfloat16 (integer and float8 weights need a quantization backend)"
             )
         budget_bytes(options.get("memory_budget"))  # a malformed budget: before any weight loads
+        if options.get("lora_dir") is not None:
+            lora_folder(options["lora_dir"])  # a LoRA folder that is not one: before any weight loads
         if options.get("prepacked_convolutions", False) not in (True, False, "auto"):
             raise ValueError(
                 f"prepacked_convolutions must be True, False or 'auto', got {options['prepacked_convolutions']!r}"

@@ -201,9 +201,7 @@ CASES = [
     Case("file: truncated", "build", lambda env: single(env, model=env.truncated), "damaged or truncated"),
     Case("file: .ckpt without allow_pickle", "build", lambda env: single(env, model=env.pickle), "allow_pickle"),
     Case("file: a .txt", "build", lambda env: single(env, model=env.tmp / "notes.txt"), "unknown checkpoint type"),
-    # known gap: lora_dir's value is checked by apply_options, after the weights (base.py from_pretrained could
-    # check it first, as it does memory_budget)
-    Case("file: lora_dir missing", "build", lambda env: single(env, lora_dir="/no/such"), "not a folder", "during"),
+    Case("file: lora_dir missing", "build", lambda env: single(env, lora_dir="/no/such"), "not a folder"),
     # difframe generate (before any weight is read)
     Case("--steps 0", "cli", cli("a cat", "--steps", "0"), "--steps must be a positive integer"),
     Case("--steps -3", "cli", cli("a cat", "--steps", "-3"), "--steps"),
