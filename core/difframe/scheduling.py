@@ -155,7 +155,10 @@ def spaced_timesteps(
             )
         return timesteps
     if spacing == "trailing":
-        return np.round(np.arange(top, 0, -T / steps)) - 1
+        # The reference's float arange can end on a point just above 0 (T=100 with 29 steps: 30 points), which
+        # rounds to timestep -1; a step at t = -1 is not a training timestep, so that point is dropped.
+        timesteps = np.round(np.arange(top, 0, -T / steps)) - 1
+        return timesteps[timesteps >= 0]
     raise ValueError(f"unknown timestep_spacing {spacing!r}; use leading, trailing or linspace")
 
 
