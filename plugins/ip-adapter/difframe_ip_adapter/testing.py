@@ -99,14 +99,16 @@ def write_adapter_folder(
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    vision = vision or VISION_TINY
     models = Path(folder) / "models"
     models.mkdir(parents=True, exist_ok=True)
     for index, kind in enumerate(kinds):
-        save_file(published_state(unet_config, kind, seed + index), models / f"ip-adapter-{kind}.safetensors")
+        # plain reads the encoder's projected embedding; Plus and full-face read its hidden states
+        embed = vision["projection_dim"] if kind == "plain" else vision["hidden_size"]
+        state = published_state(unet_config, kind, seed + index, embed_dim=embed)
+        save_file(state, models / f"ip-adapter-{kind}.safetensors")
     torch.manual_seed(seed)
-    CLIPVisionModelWithProjection(CLIPVisionConfig(**(vision or VISION_TINY))).eval().save_pretrained(
-        models / "image_encoder"
-    )
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**vision)).eval().save_pretrained(models / "image_encoder")
     return Path(folder)
 
 
