@@ -24,7 +24,7 @@ def packaged_folder(reference: str) -> str:
     locations = list(spec.submodule_search_locations or []) if spec else []
     if not locations:
         raise ModelLoadError(
-            f"the default model {reference!r} lives in the package {package!r}, which is not installed; install it, "
+            f"the model {reference!r} lives in the package {package!r}, which is not installed; install it, "
             "or pass model='<folder or hub id>'"
         )
     return str(Path(locations[0]) / relative)
