@@ -481,7 +481,7 @@ def package_folder(model: str) -> str:
 
     folder = packaged_folder(model)
     if not Path(folder).is_dir():
-        raise ValueError(f"--model {model}: the package {package!r} has no folder {model.partition(':')[2]!r}")
+        raise ValueError(f"model {model}: the package {package!r} has no folder {model.partition(':')[2]!r}")
     return folder
 
 
