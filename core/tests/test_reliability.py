@@ -168,6 +168,28 @@ def test_an_error_inside_the_save_keeps_the_old_copy_and_leaves_nothing(tmp_path
     assert _listing(tmp_path / "m") == before and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def test_an_atomic_file_replaces_whole_or_not_at_all(tmp_path):
+    from difframe.atomic import atomic_file, atomic_write_text
+
+    target = tmp_path / "sub" / "weights.bin"
+    with atomic_file(target) as handle:
+        handle.write(b"old")
+    with pytest.raises(RuntimeError), atomic_file(target) as handle:
+        handle.write(b"half of the new")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old" and [p.name for p in target.parent.iterdir()] == ["weights.bin"]
+    atomic_write_text(target, "new ✓")
+    assert target.read_text("utf-8") == "new ✓" and oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    with pytest.raises(ValueError, match="mode must be 'wb' or 'w', not 'ab'"), atomic_file(target, "ab"):
+        pass
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def test_a_stale_staging_folder_in_use_is_not_removed(tmp_path):
     """clean_stale_saves removes only folders that no live save holds (their lock dies with the process)."""
     import fcntl

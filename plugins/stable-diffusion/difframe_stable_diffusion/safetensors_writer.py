@@ -1,16 +1,15 @@
-"""Writing a .safetensors file one tensor at a time, through a temporary file renamed into place."""
+"""Writing a .safetensors file one tensor at a time, through a temporary file renamed into place (core's
+atomic_file)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from difframe.atomic import atomic_file
 
 _SAFETENSORS_DTYPES = {
     torch.float64: "F64",
@@ -54,23 +53,12 @@ def write_safetensors(
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(len(encoded).to_bytes(8, "little"))
-            handle.write(encoded)
-            for key in sorted(tensors):
-                for chunk in _bytes_of(tensors[key].to(stored_dtype(tensors[key]))):
-                    handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_file(path, "wb") as handle:
+        handle.write(len(encoded).to_bytes(8, "little"))
+        handle.write(encoded)
+        for key in sorted(tensors):
+            for chunk in _bytes_of(tensors[key].to(stored_dtype(tensors[key]))):
+                handle.write(chunk)
 
 
 def _bytes_of(tensor: torch.Tensor) -> Iterator[memoryview]:
@@ -79,9 +67,3 @@ def _bytes_of(tensor: torch.Tensor) -> Iterator[memoryview]:
         return
     data = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
     yield memoryview(data.numpy())  # little-endian on every platform torch supports
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
