@@ -118,6 +118,9 @@ def scheduler_from_label(
         if text.lower().endswith(" " + suffix.lower()):
             text, schedule = text[: -len(suffix) - 1].strip(), suffix
             break
+    plain = samplers.base(text)
+    if schedule_type and schedule == schedule_type.strip() and plain and samplers.by_name[plain][1] is None:
+        schedule = ""  # the web UI's samplers without a schedule (DDIM, PLMS, UniPC) ignore "Schedule type"
     if schedule.lower() in ("", "automatic"):
         new_reader = schedule.lower() == "automatic" or (version is not None and version >= (1, 9))
         schedule = DEFAULT_SCHEDULES_1_9.get(_canonical_label(text), "") if new_reader else ""
@@ -172,7 +175,8 @@ class GenerationParameters:
     def to_text(self) -> str:
         """The web-UI "parameters" string. A prompt the web UI's reader would split differently (a line starting
         with "Negative prompt:", surrounding spaces) is also written whole as a quoted "Prompt" / "Negative prompt"
-        field, which both the web UI's reader and ours take over the text lines."""
+        field, which our reader takes over the text lines (the web UI's ignores it); in the lines, a line starting
+        with "Negative prompt:" is joined to the one before by a space, which the CLIP tokenizer reads the same."""
         pairs: list[tuple[str, Any]] = [("Steps", self.steps), ("Sampler", sampler_label(self.scheduler))]
         schedule = schedule_type(self.scheduler)
         if schedule:
@@ -191,9 +195,9 @@ class GenerationParameters:
         if self.guidance_rescale:
             pairs.append(("Guidance rescale", _number(self.guidance_rescale)))
         pairs.extend((k, v) for k, v in self.extra.items() if k not in ("Prompt", "Negative prompt", "Schedule type"))
-        lines = [self.prompt]
+        lines = [_no_negative_line(self.prompt)]
         if self.negative_prompt:
-            lines.append(f"Negative prompt: {self.negative_prompt}")
+            lines.append(f"Negative prompt: {_no_negative_line(self.negative_prompt)}")
         settings = ", ".join(f"{key}: {_quote(str(value))}" for key, value in pairs)
         text = "\n".join([*lines, settings])
         prompt, negative, _ = split_parameters(text)
@@ -273,6 +277,11 @@ class GenerationParameters:
         return GenerationParameters(**{**values, **changes})
 
 
+def _no_negative_line(text: str) -> str:
+    """The web UI's reader starts the negative prompt at any line that starts with "Negative prompt:"."""
+    return re.sub(r"\s*\n(?=[^\S\n]*Negative prompt:)", " ", text)
+
+
 def _number(value: float) -> str:
     return f"{value:g}" if float(value) != int(value) else f"{float(value):.1f}"
 
@@ -301,7 +310,15 @@ def split_parameters(text: str) -> tuple[str, str, dict[str, str]]:
         if line.startswith("Negative prompt:"):
             target, line = negative, line[len("Negative prompt:") :].strip()
         target.append(line)
-    return "\n".join(prompt), "\n".join(negative), parse_settings(last) if last else {}
+    return _join(prompt), _join(negative), parse_settings(last) if last else {}
+
+
+def _join(lines: list[str]) -> str:
+    """Lines as the web UI joins them: a newline only after some text (leading empty lines vanish)."""
+    text = ""
+    for line in lines:
+        text = f"{text}\n{line}" if text else line
+    return text
 
 
 def parse_hashes(text: str) -> dict[str, str]:
