@@ -247,6 +247,33 @@ def test_plain_prompts_are_written_as_before():
     assert "Prompt:" not in text.splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    "name, written",
+    [
+        ("dpmpp", "Sampler: DPM++ 2M, Schedule type: Uniform"),
+        ("dpmpp_2m_karras", "Sampler: DPM++ 2M Karras, Schedule type: Karras"),
+        ("dpmpp_2m_sde", "Sampler: DPM++ 2M SDE, Schedule type: Uniform"),
+        ("dpmpp_2m_sde_exponential", "Sampler: DPM++ 2M SDE, Schedule type: Exponential"),
+        ("euler_a", "Sampler: Euler a, Schedule type: Uniform"),
+        ("ddim", "Sampler: DDIM, CFG"),
+    ],
+)
+def test_sampler_and_schedule_are_written_for_web_ui_1_9_and_later(name, written):
+    assert written in params(scheduler=name).to_text()
+
+
+@pytest.mark.parametrize(
+    "name, label",
+    [
+        ("dpmpp_2s_a", "DPM++ 2S a"),
+        ("dpmpp_2s_a_karras", "DPM++ 2S a Karras"),
+        ("dpmpp_2m_sde_exponential", "DPM++ 2M SDE"),
+    ],
+)
+def test_labels_come_from_the_registered_specs(name, label):
+    assert f"Sampler: {label}," in params(scheduler=name).to_text()
+
+
 @pytest.mark.parametrize("name", sorted(web_ui_samplers().by_name))
 def test_every_sampler_round_trips(name):
     read = GenerationParameters.from_text(params(scheduler=name).to_text()).scheduler
