@@ -78,6 +78,9 @@ WEB_UI_OPTIONS: dict[str, Any] = {
 
 
 class Options(types.SimpleNamespace):
+    def onchange(self, key: str, func: Any, call: bool = True) -> None:
+        """Scripts register setting-change callbacks when loaded; no setting changes here."""
+
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(
             f"the web UI read the setting {name!r}, which the oracle fixture does not set: add its default "
@@ -184,11 +187,23 @@ class WebUI:
     def module(self, name: str) -> types.ModuleType:
         return self.loaded[f"modules.{name}"]
 
-    def _third_party_imports(self) -> set[str]:
+    def script(self, path: str) -> types.ModuleType:
+        """A script of the checkout (``extensions-builtin/Lora/scripts/lora_script.py``), loaded as the others."""
+        name = f"webui_script_{Path(path).stem}"
+        if name not in self.loaded:
+            file = self.root / path
+            self.replaced |= self._third_party_imports([file])
+            with self.active():
+                spec = importlib.util.spec_from_file_location(name, file)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            self.loaded[name] = module
+        return self.loaded[name]
+
+    def _third_party_imports(self, files: list[Path] | None = None) -> set[str]:
         """Top-level names the modules under test import, less the standard library and REAL_PACKAGES."""
         names = {"launch"}  # processing.program_version imports the launcher for the version tag
-        for name in REAL_MODULES:
-            path = self.modules_dir / f"{name}.py"
+        for path in files or [self.modules_dir / f"{name}.py" for name in REAL_MODULES]:
             if not path.is_file():
                 continue
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -210,7 +225,9 @@ class WebUI:
         launch.git_tag = lambda: self.version  # the tag `git describe` gives in a release checkout
         package = types.ModuleType("modules")  # no inert attributes: `from modules import x` imports modules.x
         package.__path__ = []
-        return {m.__name__: m for m in (package, shared, devices, errors, launch)}
+        networks = _InertModule("networks")  # the Lora extension's: LoRA files found on disk, by short hash
+        networks.available_network_hash_lookup = {}
+        return {m.__name__: m for m in (package, shared, devices, errors, launch, networks)}
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:

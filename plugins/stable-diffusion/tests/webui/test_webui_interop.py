@@ -178,6 +178,24 @@ def test_the_web_ui_reads_our_fields(webui, tmp_path):
     assert fields["TI hashes"] == "easynegative: c74b4e810b03"
 
 
+def test_the_web_ui_lora_extension_finds_our_lora_hashes(webui):
+    """The Lora extension's infotext_pasted renames a prompt's <lora:NAME:...> to the local file with NAME's hash."""
+    text = params(
+        prompt="a cat <lora:add_detail:0.5> <lora:unknown:1>",
+        extra={"Lora hashes": format_hashes({"add_detail": "7c6bad76eb54", "unknown": "0123456789ab"})},
+    ).to_text()
+    fields = their_reading(webui, text)
+    script = webui.script("extensions-builtin/Lora/scripts/lora_script.py")
+    found = webui.loaded["networks"].available_network_hash_lookup
+    found["7c6bad76eb54"] = SimpleNamespace(get_alias=lambda: "detail_tweaker_v2")
+    try:
+        with webui.active():
+            script.infotext_pasted(text, fields)
+    finally:
+        found.clear()
+    assert fields["Prompt"] == "a cat <lora:detail_tweaker_v2:0.5> <lora:unknown:1>"
+
+
 # --- what the web UI writes, read by us --------------------------------------------------------------------------
 def test_we_read_the_web_ui_writers_samplers_and_schedules(webui):
     difframe = {ours(name): name for name in web_ui_samplers().by_name if name not in NOT_IN_WEB_UI}
