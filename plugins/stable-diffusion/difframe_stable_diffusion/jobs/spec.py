@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from ..cli import package_folder
+
 MAX_SEED = 2**32 - 1  # as request.MAX_SEED: the noise generator keeps 32 bits, larger seeds would collide
 # what decides the pipeline a worker builds; the rest of a job's settings apply per call
 PIPELINE_FIELDS = ("model", "dtype", "attention")
@@ -122,16 +124,22 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{where}: {message}" if where else message
 
 
-def _model_reference(model: Any, missing: dict[str, list[int]], number: int) -> Any:
-    """A local model folder is passed on as an absolute path (workers may run in another directory); a path that
-    does not exist is noted (hub ids, "org/name", are left to the workers)."""
+def _model_reference(model: Any, unfound: dict[str, tuple[str, list[int]]], number: int) -> Any:
+    """A local model folder, or PACKAGE:FOLDER inside an installed package (read as ``difframe generate --model``
+    reads it), is passed on as an absolute path (workers may run in another directory). A folder or package folder
+    that does not exist is noted with its line (hub ids, "org/name", are left to the workers)."""
     if not isinstance(model, str) or not model:
         return model
-    path = Path(model).expanduser()
+    try:
+        folder = package_folder(model)
+    except (ValueError, OSError) as error:
+        unfound.setdefault(model, (str(error), []))[1].append(number)
+        return model
+    path = Path(folder).expanduser()
     if path.exists():
         return str(path.resolve())
     if model.startswith(("/", ".", "~")) or ":\\" in model:
-        missing.setdefault(model, []).append(number)
+        unfound.setdefault(model, (f"model folder {model} does not exist", []))[1].append(number)
     return model
 
 
@@ -147,7 +155,7 @@ def parse_jobs(
     jobs: list[Job] = []
     problems: list[str] = []
     first_line: dict[str, int] = {}
-    missing_models: dict[str, list[int]] = {}
+    unfound_models: dict[str, tuple[str, list[int]]] = {}
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
@@ -182,7 +190,7 @@ def parse_jobs(
             continue
         data = {**defaults, **data}
         if "model" in data:
-            data["model"] = _model_reference(data["model"], missing_models, number)
+            data["model"] = _model_reference(data["model"], unfound_models, number)
         try:
             job = Job.model_validate(data)
         except ValidationError as error:
@@ -204,10 +212,10 @@ def parse_jobs(
                 f"{source} line {job.line}: name {job.name!r} is also used on line {names[job.file_name()]}"
             )
         names[job.file_name()] = job.line
-    for model, numbers in missing_models.items():  # one problem per model, not one per job
+    for reason, numbers in unfound_models.values():  # one problem per model, not one per job
         where = f"line {numbers[0]}" if len(numbers) == 1 else f"lines {', '.join(map(str, numbers[:10]))}"
         more = ", ..." if len(numbers) > 10 else ""
-        problems.append(f"{source}: model folder {model} does not exist ({where}{more})")
+        problems.append(f"{source}: {reason} ({where}{more})")
     if problems:
         raise JobFileError(problems)
     if not jobs:
