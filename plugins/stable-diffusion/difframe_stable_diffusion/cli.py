@@ -96,7 +96,33 @@ def add_generate_command(cli: Any) -> None:
         metavar="KEY=VALUE",
         help="an option of the backend, repeatable (e.g. precision=bf16 for openvino); see docs/backends.md",
     )
-    parser.add_argument("--attention", default="auto", help="attention backend (default auto)")
+    parser.add_argument(
+        "--attention",
+        help="attention backend: auto (default: the best here), sdpa, sliced, reference or a plugin's (with "
+        "--from-png: the PNG's Attention); see docs/attention.md",
+    )
+    parser.add_argument(
+        "--attention-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the attention backend, repeatable (e.g. slice_size=max for sliced; values read as JSON "
+        "where they are JSON); not written to the PNG: backend options change memory and speed",
+    )
+    parser.add_argument(
+        "--attention-addon",
+        action="append",
+        default=[],
+        metavar="'NAME [{JSON options}]'",
+        help="a registered attention add-on, with its options as a JSON object (e.g. 'my-addon {\"factor\": 0.5}'), "
+        "repeatable; recorded in the PNG and used again by --from-png (docs/attention.md)",
+    )
+    parser.add_argument(
+        "--reproducible",
+        action=argparse.BooleanOptionalAction,
+        help="--no-reproducible: the images of a batch share each model call (faster; each differs from the image "
+        "made alone by a few 1e-6). Default --reproducible: image i is bit-identical alone or in any batch",
+    )
     parser.add_argument(
         "--conditioner", help="text conditioner: a registered conditioner's name (default clip-text); see docs/hooks.md"
     )
@@ -296,7 +322,6 @@ def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
     from difframe import Framework
 
     from .batching import parse_bytes
-    from .common import _check_attention_name
     from .conditioning import CONDITIONER_KEY, DEFAULT_CONDITIONER, parse_conditioner_metadata
     from .request import check_device
 
@@ -305,8 +330,8 @@ def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
     framework = Framework()
     scheduler = params.scheduler or "dpmpp"
     framework.get("scheduler", scheduler)  # an unknown name: the list of installed ones, before loading
-    _check_attention_name(framework, args.attention)
-    options: dict[str, Any] = {"scheduler": scheduler, "attention": args.attention, "framework": framework}
+    options: dict[str, Any] = {"scheduler": scheduler, "framework": framework}
+    options.update(_attention_options(args, params, framework))
     if args.conditioner:
         options["conditioner"] = args.conditioner
     elif CONDITIONER_KEY in params.extra:  # --from-png of an image made with another conditioner
@@ -339,19 +364,91 @@ def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
         options["backend"] = args.backend
     if args.backend_option:
         options["backend_options"] = parse_backend_options(args.backend_option)
+    if args.reproducible is not None:
+        options["reproducible"] = args.reproducible
     return options
 
 
-def parse_backend_options(pairs: list[str]) -> dict[str, Any]:
+def _attention_options(args: argparse.Namespace, params: Any, framework: Any) -> dict[str, Any]:
+    """--attention, --attention-option and --attention-addon as build options, checked here (names, options, where
+    the add-ons go) before any weight is read. With --from-png, the PNG's Attention is used where these are not
+    given: its backend (when it runs here) and its add-ons."""
+    from .metadata import ATTENTION_KEY, parse_attention_record
+    from .runtime import addon_names, check_attention_build_options, check_attention_name
+
+    attention = args.attention
+    addons = [parse_addon_option(text) for text in args.attention_addon]
+    if ATTENTION_KEY in params.extra:  # --from-png of an image whose attention was not the default
+        backends, recorded = parse_attention_record(params.extra[ATTENTION_KEY])
+        if attention is None:
+            attention = _recorded_backend(framework, backends, args.from_png)
+        if not args.attention_addon:
+            installed = addon_names(framework)
+            for name, addon_options in recorded:
+                if name in installed:
+                    addons.append((name, addon_options))
+                elif "IP-Adapter" not in params.extra:  # an IP-Adapter's own add-on comes back with --ip-adapter
+                    raise ValueError(
+                        f"{args.from_png} was made with the attention add-on {name!r}, which is not an installed "
+                        f"add-on (installed: {', '.join(installed) or 'none'}); install the plugin that registers "
+                        "it, or choose add-ons with --attention-addon"
+                    )
+    options: dict[str, Any] = {"attention": attention or "auto"}
+    check_attention_name(framework, options["attention"])
+    if args.attention_option:
+        if attention is None:
+            raise ValueError("--attention-option needs --attention NAME (the backend whose options they are)")
+        options["attention_options"] = parse_backend_options(args.attention_option, "--attention-option")
+    if addons:
+        options["attention_addons"] = addons
+    check_attention_build_options(framework, options)
+    return options
+
+
+def _recorded_backend(framework: Any, backends: list[str], png: str) -> str | None:
+    """The backend a PNG's Attention names, if it is one this machine runs; else an error that says what to do."""
+    if len(backends) != 1:
+        raise ValueError(
+            f"{png} was made with several attention backends ({', '.join(backends)}), one per module; choose one with "
+            "--attention NAME (auto: the best here)"
+        )
+    from .runtime import check_attention_name
+
+    try:
+        check_attention_name(framework, backends[0])
+    except (LookupError, ValueError) as error:
+        raise ValueError(
+            f"{png} was made with the attention backend {backends[0]!r}, which cannot be used here ({error}); pass "
+            "--attention NAME (auto: the best here) to make it with another (the pixels may differ)"
+        ) from None
+    return backends[0]
+
+
+def parse_addon_option(text: str) -> tuple[str, dict[str, Any]]:
+    """--attention-addon 'NAME' or 'NAME {"key": value}' -> (name, options)."""
+    name, _, rest = text.strip().partition(" ")
+    if not name:
+        raise ValueError("--attention-addon takes a registered add-on's name, optionally followed by JSON options")
+    try:
+        options = json.loads(rest) if rest.strip() else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"--attention-addon {text!r}: the options after the name must be a JSON object, e.g. "
+            f"'{name} {{\"factor\": 0.5}}' ({error})"
+        ) from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--attention-addon {text!r}: the options after the name must be a JSON object")
+    return name, options
+
+
+def parse_backend_options(pairs: list[str], flag: str = "--backend-option") -> dict[str, Any]:
     """['precision=bf16', 'num_threads=2'] -> {'precision': 'bf16', 'num_threads': 2} (values read as JSON if they
     are JSON, else kept as text)."""
-    import json
-
     options: dict[str, Any] = {}
     for pair in pairs:
         key, separator, value = pair.partition("=")
         if not separator or not key.strip():
-            raise ValueError(f"--backend-option takes KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{flag} takes KEY=VALUE, got {pair!r}")
         try:
             options[key.strip()] = json.loads(value)
         except json.JSONDecodeError:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 PNG_KEY = "parameters"
+ATTENTION_KEY = "Attention"  # the UNet's attention backends, then the add-ons: "sdpa + NAME {options} add-on"
 
 # The web UI's default schedule ("Automatic") of a sampler, from version 1.9 on; the others use the model's sigmas.
 DEFAULT_SCHEDULES_1_9 = {
@@ -358,6 +359,50 @@ def parse_settings(line: str) -> dict[str, str]:
                 value = value[1:-1]
         settings[key.strip()] = value
     return settings
+
+
+def format_attention_record(backends: list[str], addons: list[tuple[str, dict[str, Any]]]) -> str:
+    """The "Attention" value: backends, then add-ons as ``NAME add-on`` or ``NAME {json options} add-on``, joined by
+    " + " ("sliced", "sdpa + scale-attention {\"factor\": 0.5} add-on")."""
+    written = [
+        f"{name} {json.dumps(options, sort_keys=True)} add-on" if options else f"{name} add-on"
+        for name, options in addons
+    ]
+    return " + ".join([*backends, *written])
+
+
+def parse_attention_record(value: str) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    """An "Attention" value, as format_attention_record writes it -> (backends, [(add-on, options)])."""
+    backends: list[str] = []
+    addons: list[tuple[str, dict[str, Any]]] = []
+    rest = value.strip()
+    if not rest:
+        raise ValueError(f"PNG parameters: {ATTENTION_KEY} is empty; it names the attention an image was made with")
+    while rest:
+        name, _, rest = rest.partition(" ")
+        options: Any = {}
+        rest = rest.lstrip()
+        if rest.startswith("{"):
+            try:
+                options, end = json.JSONDecoder().raw_decode(rest)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"PNG parameters: {ATTENTION_KEY} {value!r} has options that are not JSON ({error})"
+                ) from None
+            rest = rest[end:].lstrip()
+            if not isinstance(options, dict) or not rest.startswith("add-on"):
+                raise ValueError(f"PNG parameters: {ATTENTION_KEY} {value!r}: only an add-on has options")
+        if rest.startswith("add-on"):
+            addons.append((name, options))
+            rest = rest[len("add-on") :].lstrip()
+        else:
+            backends.append(name)
+        if rest and not rest.startswith("+ "):
+            raise ValueError(
+                f"PNG parameters: {ATTENTION_KEY} {value!r} is not 'BACKEND + ... + NAME add-on' (unexpected {rest!r})"
+            )
+        rest = rest[2:].lstrip()
+    return backends, addons
 
 
 # --- PNG files --------------------------------------------------------------------------------------------------
