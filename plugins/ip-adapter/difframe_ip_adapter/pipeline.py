@@ -16,8 +16,12 @@ from torch import nn
 from .adapter import IPAdapterWeights, adapter_from_state_dict, attach, detach, read_adapter_file, set_scales
 
 
-def project_image_embeds(adapters: Sequence[IPAdapterWeights], embeds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Per adapter: image-encoder output (batch, images, ...) -> image tokens (batch, images, tokens, dim)."""
+def project_image_embeds(
+    adapters: Sequence[IPAdapterWeights], embeds: Sequence[torch.Tensor], *, per_row: bool = False
+) -> list[torch.Tensor]:
+    """Per adapter: image-encoder output (batch, images, ...) -> image tokens (batch, images, tokens, dim).
+    ``per_row``: each row (one output image's images) through the projection alone, so that its tokens do not
+    depend on the other rows (reproducible mode)."""
     if len(embeds) != len(adapters):
         raise ValueError(f"{len(embeds)} image embeddings for {len(adapters)} IP-Adapters: give one entry per adapter")
     tokens = []
@@ -30,7 +34,9 @@ def project_image_embeds(adapters: Sequence[IPAdapterWeights], embeds: Sequence[
             )
         parameter = next(adapter.projection.parameters())
         flat = embed.reshape(-1, *embed.shape[2:]).to(device=parameter.device, dtype=parameter.dtype)
-        tokens.append(adapter.projection(flat).reshape(*embed.shape[:2], *adapter.projection(flat[:1]).shape[1:]))
+        rows = flat.split(embed.shape[1]) if per_row else [flat]
+        projected = torch.cat([adapter.projection(row) for row in rows])
+        tokens.append(projected.reshape(*embed.shape[:2], *projected.shape[1:]))
     return tokens
 
 
@@ -138,20 +144,28 @@ class ImagePrompter:
         self.adapters, self.addons, self.image_encoder, self.feature_extractor = [], {}, None, None
 
     # --- encoding ---------------------------------------------------------------------------------------------
-    def encode_image(self, image: Any, hidden: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_image(self, image: Any, hidden: bool, *, per_image: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(embeddings, unconditional embeddings) of a list of images: the projected embedding and zeros, or the
-        penultimate layer's tokens of the images and of black images."""
+        penultimate layer's tokens of the images and of black images. ``per_image`` (reproducible mode): each image
+        through the encoder alone, so that its embedding never depends on the other images of the call (matrix
+        kernels block by batch size); the black image's tokens, the same for every image, are computed once."""
         encoder = self.image_encoder
         parameter = next(encoder.parameters())
         if not torch.is_tensor(image):
             image = self.feature_extractor(image, return_tensors="pt").pixel_values
         image = image.to(device=parameter.device, dtype=parameter.dtype)
-        if hidden:
-            embeds = encoder(image, output_hidden_states=True).hidden_states[-2]
-            uncond = encoder(torch.zeros_like(image), output_hidden_states=True).hidden_states[-2]
+
+        def encode(pixels: torch.Tensor) -> torch.Tensor:
+            if hidden:
+                return encoder(pixels, output_hidden_states=True).hidden_states[-2]
+            return encoder(pixels).image_embeds
+
+        if per_image:
+            embeds = torch.cat([encode(one) for one in image.split(1)])
+            uncond = encode(torch.zeros_like(image[:1])).expand_as(embeds) if hidden else torch.zeros_like(embeds)
             return embeds, uncond
-        embeds = encoder(image).image_embeds
-        return embeds, torch.zeros_like(embeds)
+        embeds = encode(image)
+        return embeds, encode(torch.zeros_like(image)) if hidden else torch.zeros_like(embeds)
 
     def prepare_ip_adapter_image_embeds(
         self,
@@ -160,11 +174,15 @@ class ImagePrompter:
         device: Any,
         num_images_per_prompt: int,
         do_classifier_free_guidance: bool,
+        *,
+        per_image: bool = False,
     ) -> list[torch.Tensor]:
         """As the reference pipelines' method of that name: per adapter (rows x images_per_prompt [x2 with guidance,
         uncond first], images, ...), for reuse as ``ip_adapter_image_embeds``. Rows: 1, or one per prompt when the
-        adapter's entry is a list with a list of images per prompt."""
-        cond, uncond = self._embeds_per_adapter(ip_adapter_image, ip_adapter_image_embeds, do_classifier_free_guidance)
+        adapter's entry is a list with a list of images per prompt. ``per_image``: as in encode_image."""
+        cond, uncond = self._embeds_per_adapter(
+            ip_adapter_image, ip_adapter_image_embeds, do_classifier_free_guidance, per_image=per_image
+        )
         out = []
         for c, u in zip(cond, uncond or cond):
             c = c.repeat_interleave(num_images_per_prompt, dim=0)  # rows: 1, or one per prompt given
@@ -174,7 +192,7 @@ class ImagePrompter:
         return out
 
     def _embeds_per_adapter(
-        self, images: Any, embeds: Sequence[torch.Tensor] | None, guided: bool
+        self, images: Any, embeds: Sequence[torch.Tensor] | None, guided: bool, *, per_image: bool = False
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Per adapter (rows, images, ...): rows are 1 (every image the same) or one per prompt or per output."""
         adapters = self.adapters
@@ -217,7 +235,7 @@ class ImagePrompter:
             if len(counts) != 1:
                 raise ValueError(f"every prompt needs the same number of images for {adapter.name}; got {counts}")
             flat = [image for group in groups for image in group]
-            c, u = self.encode_image(flat, adapter.uses_hidden_states)
+            c, u = self.encode_image(flat, adapter.uses_hidden_states, per_image=per_image)
             cond.append(c.reshape(len(groups), -1, *c.shape[1:]))
             uncond.append(u.reshape(len(groups), -1, *u.shape[1:]))
         return cond, uncond
@@ -233,10 +251,13 @@ class ImagePrompter:
         guided: bool,
         height: int,
         width: int,
+        per_image: bool = False,
     ) -> ImagePrompts:
-        """Check and encode one call's image prompts; rows follow the output images (prompt-major)."""
+        """Check and encode one call's image prompts; rows follow the output images (prompt-major). ``per_image``
+        (the pipeline's reproducible mode): each image through the encoder, and each output image's embeddings
+        through the projection, alone, so an output image's tokens are the same bits alone or in any batch."""
         total = count * num_images_per_prompt
-        cond, uncond = self._embeds_per_adapter(ip_adapter_image, ip_adapter_image_embeds, guided)
+        cond, uncond = self._embeds_per_adapter(ip_adapter_image, ip_adapter_image_embeds, guided, per_image=per_image)
 
         def per_output(tensor: torch.Tensor, index: int) -> torch.Tensor:
             rows = tensor.shape[0]
@@ -272,8 +293,10 @@ class ImagePrompter:
                         f"{height}x{width}: resize the masks to the image size"
                     )
         with torch.no_grad():
-            cond_tokens = project_image_embeds(self.adapters, cond)
-            uncond_tokens = project_image_embeds(self.adapters, uncond) if uncond is not None else None
+            cond_tokens = project_image_embeds(self.adapters, cond, per_row=per_image)
+            uncond_tokens = (
+                project_image_embeds(self.adapters, uncond, per_row=per_image) if uncond is not None else None
+            )
         return ImagePrompts(cond_tokens, uncond_tokens, masks)
 
 

@@ -18,6 +18,7 @@ class ImagePromptsMixin:
     per-chunk image tokens of a call."""
 
     _ip_prompter: Any = None
+    reproducible: bool  # the pipeline's (runtime.py): image prompts are then encoded one image at a time
 
     def _image_prompter(self, create: bool) -> Any:
         if self._ip_prompter is None and create:
@@ -130,7 +131,8 @@ class ImagePromptsMixin:
         do_classifier_free_guidance: bool,
     ) -> list[Any]:
         """Image embeddings per adapter, as the reference's method of that name returns them; pass them back as
-        ``ip_adapter_image_embeds`` to skip the image encoder next time."""
+        ``ip_adapter_image_embeds`` to skip the image encoder next time. In reproducible mode each image is encoded
+        alone, as a call encodes it."""
         prompter = self._image_prompter(create=False)
         if prompter is None or not prompter.adapters:
             raise ValueError("no IP-Adapter is loaded: call pipe.load_ip_adapter(...) first")
@@ -138,7 +140,12 @@ class ImagePromptsMixin:
 
         with torch.no_grad():
             return prompter.prepare_ip_adapter_image_embeds(
-                ip_adapter_image, ip_adapter_image_embeds, device, num_images_per_prompt, do_classifier_free_guidance
+                ip_adapter_image,
+                ip_adapter_image_embeds,
+                device,
+                num_images_per_prompt,
+                do_classifier_free_guidance,
+                per_image=self.reproducible,
             )
 
     def image_prompt_kwargs(
@@ -180,6 +187,7 @@ class ImagePromptsMixin:
                 guided=guidance_scale > 1.0,
                 height=height,
                 width=width,
+                per_image=self.reproducible,
             )
         return {**(cross_attention_kwargs or {}), "ip_adapter_prompts": prompts}
 
