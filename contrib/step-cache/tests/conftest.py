@@ -1,26 +1,13 @@
-"""Fixtures: the tiny Stable Diffusion folder of the stable-diffusion plugin's tests (written by the reference
-library), loaded by both libraries. The model writer is read from that conftest by path (tests run with
---import-mode=importlib, so it is not importable by name)."""
+"""Fixtures: the tiny Stable Diffusion folders of the stable-diffusion plugin's test writer (written by the reference
+library), loaded by both libraries."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-
-SD_TESTS = Path(__file__).resolve().parents[3] / "plugins" / "stable-diffusion" / "tests" / "conftest.py"
-
-
-def _sd_test_helpers():
-    spec = importlib.util.spec_from_file_location("_difframe_sd_test_helpers", SD_TESTS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SD = _sd_test_helpers()
+from difframe_stable_diffusion import testing as SD
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,18 +11,11 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from difframe_sd_unet.testing import UNET_TINY as SD_UNET_TINY
+from difframe_stable_diffusion.testing import jitter_weights
 
 DEVICE = os.environ.get("DIFFRAME_KERNEL_DEVICE", "cpu")
-UNET_TINY = dict(
-    sample_size=8,
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    cross_attention_dim=32,
-    attention_head_dim=4,
-    norm_num_groups=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-)
+UNET_TINY = {**SD_UNET_TINY, "sample_size": 8, "layers_per_block": 1}
 VAE_TINY = dict(
     block_out_channels=(16, 32),
     down_block_types=("DownEncoderBlock2D",) * 2,
@@ -85,21 +78,14 @@ def test_geglu_matches_eager(device, shape):
     torch.testing.assert_close(geglu(x), hidden * F.gelu(gate), **tolerance(torch.float32))
 
 
-def _jitter(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    return model.eval()
-
-
 def test_fused_unet_and_vae_match_eager(device):
     from difframe_cuda_kernels.fusion import fuse_kernels, unfuse_kernels
     from difframe_sd_unet.unet import UNet2DConditionModel
     from difframe_vae.autoencoder_kl import AutoencoderKL
 
     torch.manual_seed(0)
-    unet = _jitter(UNet2DConditionModel(**UNET_TINY)).to(device)
-    vae = _jitter(AutoencoderKL(**VAE_TINY)).to(device)
+    unet = jitter_weights(UNet2DConditionModel(**UNET_TINY), 0.05).to(device)
+    vae = jitter_weights(AutoencoderKL(**VAE_TINY), 0.05).to(device)
     sample, context, latents = (torch.randn(s, device=device) for s in ((2, 4, 8, 8), (2, 5, 32), (1, 4, 4, 4)))
     with torch.no_grad():
         expected_unet, expected_vae = unet(sample, 500, context), vae.decode(latents)

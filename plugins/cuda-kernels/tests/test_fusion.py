@@ -7,19 +7,11 @@ import pytest
 from difframe import Framework
 from difframe.availability import cuda_unavailable_reason
 from difframe.errors import ConfigError, UnavailableError
+from difframe_sd_unet.testing import UNET_TINY as SD_UNET_TINY
 
 pytest.importorskip("triton", reason="triton is not installed (pip install 'difframe-cuda-kernels[triton]')")
 
-UNET_TINY = dict(
-    sample_size=8,
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    cross_attention_dim=32,
-    attention_head_dim=4,
-    norm_num_groups=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-)
+UNET_TINY = {**SD_UNET_TINY, "sample_size": 8, "layers_per_block": 1}
 
 
 def test_what_gets_fused():

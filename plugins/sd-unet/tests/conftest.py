@@ -6,17 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from difframe_sd_unet.testing import UNET_TINY
 
-SD1_TINY = dict(
-    sample_size=16,
-    block_out_channels=(32, 64),
-    layers_per_block=2,
-    cross_attention_dim=32,
-    attention_head_dim=4,
-    norm_num_groups=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-)
 # SD 2.x style: heads per block as a list, linear projections, upcast attention, 1024-style context (here 24).
 SD2_TINY = dict(
     sample_size=16,
@@ -31,8 +22,8 @@ SD2_TINY = dict(
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
 )
-INPAINT_TINY = {**SD1_TINY, "in_channels": 9, "flip_sin_to_cos": False, "freq_shift": 1}
-CONFIGS = {"sd1": SD1_TINY, "sd2": SD2_TINY, "inpaint": INPAINT_TINY}
+INPAINT_TINY = {**UNET_TINY, "in_channels": 9, "flip_sin_to_cos": False, "freq_shift": 1}
+CONFIGS = {"sd1": UNET_TINY, "sd2": SD2_TINY, "inpaint": INPAINT_TINY}
 
 
 def _reference_unet(config: dict, seed: int = 0):

@@ -12,31 +12,11 @@ import numpy as np
 import pytest
 import torch
 from difframe.errors import ModelLoadError
+from difframe_stable_diffusion.testing import TEXT_TINY, UNET_TINY
 from safetensors.torch import load_file, save_file
 
-TINY_UNET = dict(
-    sample_size=16,
-    block_out_channels=(32, 64),
-    layers_per_block=2,
-    cross_attention_dim=32,
-    attention_head_dim=4,
-    norm_num_groups=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-)
-TINY_TEXT = dict(
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-    hidden_size=32,
-    intermediate_size=37,
-    num_attention_heads=4,
-    num_hidden_layers=5,
-    vocab_size=49408,
-    max_position_embeddings=77,
-)
 # SD 2.x's shape of things: linear projections in the UNet's attention, an OpenCLIP (exact GELU) text encoder
-TINY_SD2 = dict(unet={**TINY_UNET, "use_linear_projection": True}, text={**TINY_TEXT, "hidden_act": "gelu"})
+TINY_SD2 = dict(unet={**UNET_TINY, "use_linear_projection": True}, text={**TEXT_TINY, "hidden_act": "gelu"})
 CALL = dict(num_inference_steps=3, guidance_scale=7.5, height=32, width=32, output_type="np")
 
 
