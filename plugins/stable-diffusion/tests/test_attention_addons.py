@@ -220,3 +220,27 @@ def test_cli_reproducible_flag(tiny_model, tmp_path, monkeypatch, flag, expected
     assert main(["generate", "a fox", *flag, "-o", str(tmp_path), *common]) == 0
     assert [pipe.reproducible for pipe in built] == [expected]
     assert len(list(tmp_path.glob("*.png"))) == 2
+
+
+def test_cli_ip_adapter_images_come_back_and_do_not_combine_with_an_addon(tiny_model, third_party, tmp_path, capsys):
+    """IP-Adapter's own add-on is in the Attention record; --from-png with --ip-adapter builds it again (the PNG is
+    the same bytes), and a named add-on beside it is refused before any weight is read."""
+    testing = pytest.importorskip("difframe_ip_adapter.testing")
+    from difframe.cli import main
+
+    adapters = testing.write_adapter_folder(tmp_path / "adapters", testing.SD1_TINY)
+    testing.colour_image().save(tmp_path / "ref.png")
+    image_prompt = ["--ip-adapter", str(adapters / "models" / "ip-adapter-plain.safetensors")]
+    image_prompt += ["--ip-image", str(tmp_path / "ref.png")]
+    common = ("-m", str(tiny_model), "--steps", "2", "--size", "32", "--no-progress")
+    out, again = tmp_path / "out", tmp_path / "again"
+    assert main(["generate", "a cat", "--seed", "1", *image_prompt, "-o", str(out), *common]) == 0
+    [made] = out.glob("*.png")
+    assert "IPAdapterAttention add-on" in Image.open(made).text["parameters"]
+    assert main(["generate", "--from-png", str(made), *image_prompt, "-o", str(again), *common]) == 0
+    [copy] = again.glob("*.png")
+    assert copy.read_bytes() == made.read_bytes()
+    capsys.readouterr()
+    both = ["--attention-addon", "scaled-attention", *image_prompt, "-o", str(tmp_path / "both")]
+    assert main(["generate", "a cat", *both, *common]) == 2
+    assert "'scaled-attention' and ip_adapter both put an add-on on the UNet's attention" in capsys.readouterr().err
