@@ -6,23 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from difframe_stable_diffusion import testing as SD
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def framework():
-    from difframe import Framework
-
-    return Framework()
+one_thread, framework = SD.one_thread, SD.framework  # fixtures
 
 
 @pytest.fixture(scope="session")

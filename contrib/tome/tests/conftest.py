@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+from difframe_stable_diffusion import testing
 from difframe_stable_diffusion.testing import TEXT_TINY, write_reference_model
+
+one_thread, framework = testing.one_thread, testing.framework  # fixtures
 
 TEXT = {**TEXT_TINY, "num_hidden_layers": 2}
 SCHEDULER = dict(
@@ -20,23 +22,7 @@ SCHEDULER = dict(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the suite shares a small machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tome") / "tiny-sd"
     return write_reference_model(folder, text=TEXT, scheduler=("DPMSolverMultistepScheduler", SCHEDULER))
-
-
-@pytest.fixture(scope="session")
-def framework():
-    from difframe import Framework
-
-    return Framework()

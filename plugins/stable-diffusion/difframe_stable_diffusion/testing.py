@@ -3,14 +3,17 @@ test-only), with a real CLIP tokenizer, and the configs they are made from.
 
 Used by this plugin's tests and by the plugins that run on its pipelines (contrib/tome, contrib/step-cache,
 plugins/cuda-kernels).
-torch and the reference library are imported inside the functions.
+torch and the reference library are imported inside the functions. The fixtures one_thread and framework are
+used by importing them into a conftest.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from difframe_sd_unet.testing import UNET_TINY  # the UNet plugin's tiny config: with the two below, a whole model
 
 VAE_TINY = dict(
@@ -158,3 +161,23 @@ def generators(seeds: list[int]) -> list[Any]:
     import torch
 
     return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and the suite shares a small machine: with more threads than free
+    cores, torch's thread pool spins and a tiny UNet call goes from 0.1 s to seconds."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def framework() -> Any:
+    """One Framework (the installed plugins) for the session."""
+    from difframe import Framework
+
+    return Framework()

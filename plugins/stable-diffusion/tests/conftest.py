@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+from difframe_stable_diffusion import testing
 from difframe_stable_diffusion.testing import (
     TEXT_SD15,
     UNET_SD15,
@@ -17,15 +17,7 @@ from difframe_stable_diffusion.testing import (
     write_reference_model,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the suite shares a small machine: with more threads than free
-    cores, torch's thread pool spins and a tiny UNet call goes from 0.1 s to seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread, framework = testing.one_thread, testing.framework  # fixtures
 
 
 @pytest.fixture(scope="session")
@@ -36,13 +28,6 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_inpaint_model(tmp_path_factory) -> Path:
     return write_reference_model(tmp_path_factory.mktemp("sd") / "tiny-sd-inpainting", in_channels=9, seed=1)
-
-
-@pytest.fixture(scope="session")
-def framework():
-    from difframe import Framework
-
-    return Framework()
 
 
 def build(framework, model: Path, pipeline: str = "stable-diffusion", **options):
