@@ -1,7 +1,8 @@
 """CLIPTextConditioner: prompts -> the text embeddings a Stable Diffusion UNet attends to.
 
 Long prompts are split like the popular web UIs do: the prompt's tokens (without special tokens) are cut into
-chunks of 75 (a BREAK also ends a chunk); each chunk becomes [BOS] + tokens + [EOS] + padding to 77 and is encoded
+chunks of 75 (a BREAK also ends a chunk, and a cut that falls a few tokens after a comma moves back to just after
+that comma, padding the rest of the chunk); each chunk becomes [BOS] + tokens + [EOS] + padding to 77 and is encoded
 on its own; the chunk outputs are concatenated along the token axis, giving (batch, 77 * chunks, hidden). A prompt
 of at most 75 tokens is one chunk, token for token what the reference library feeds the text encoder, so its
 embedding is identical. Weighting syntax, (word:1.3) and the like, is read as the web UI reads it (prompt_weights).
@@ -25,7 +26,10 @@ class CLIPTextConditioner:
     long_prompts: "chunk" (default) encodes every token in 75-token chunks; "truncate" keeps the first 75 tokens,
     as the reference library does. max_chunks caps the chunks per prompt (None: no cap). weighting: read the web
     UI's weighting syntax, ``(word)``, ``(word:1.3)``, ``[word]``, ``\\(``, ``BREAK`` (default True); False encodes
-    the prompt's characters as they are.
+    the prompt's characters as they are. comma_backtrack: when a 75-token chunk is full and the prompt goes on, and
+    the chunk's last comma is among its last ``comma_backtrack`` tokens, the chunk ends after that comma and the
+    tokens after it start the next chunk (the web UI's "comma_padding_backtrack", default 20 as there; 0: never).
+    Only chunking moves tokens: prompts of at most 75 tokens, and "truncate" mode, are never changed by it.
     """
 
     def __init__(
@@ -36,6 +40,7 @@ class CLIPTextConditioner:
         long_prompts: Literal["chunk", "truncate"] = "chunk",
         max_chunks: int | None = None,
         weighting: bool = True,
+        comma_backtrack: int = 20,
     ) -> None:
         if long_prompts not in ("chunk", "truncate"):
             raise ValueError(f"long_prompts must be 'chunk' or 'truncate', got {long_prompts!r}")
@@ -50,6 +55,14 @@ class CLIPTextConditioner:
         self.weighting = weighting
         self.length = int(getattr(text_encoder.config, "max_position_embeddings", 77))  # 77 for CLIP
         self.chunk_tokens = self.length - 2
+        if isinstance(comma_backtrack, bool) or not isinstance(comma_backtrack, int):
+            raise TypeError(f"comma_backtrack must be an integer, got {comma_backtrack!r}")
+        if not 0 <= comma_backtrack < self.chunk_tokens:
+            raise ValueError(
+                f"comma_backtrack must be from 0 (off) to {self.chunk_tokens - 1} tokens, got {comma_backtrack}"
+            )
+        self.comma_backtrack = comma_backtrack
+        self.comma = tokenizer.get_vocab().get(",</w>")  # CLIP's comma token (None: this vocabulary has none)
         self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
 
@@ -95,24 +108,36 @@ class CLIPTextConditioner:
         return torch.tensor(ids, dtype=torch.long), torch.tensor(weights, dtype=torch.float64)
 
     def _chunks(self, prompt: str) -> list[tuple[list[int], list[float]]]:
-        """One prompt's chunks of at most 75 tokens, with their weights (a BREAK ends a chunk, as in the web UI)."""
+        """One prompt's chunks of at most 75 tokens, with their weights, cut as the web UI cuts them: a BREAK ends a
+        chunk; a full chunk is closed when the next token arrives, and then, if its last comma is among its last
+        ``comma_backtrack`` tokens (and that next token is not itself a comma), the tokens after the comma move on
+        to the next chunk."""
         prompt = self.expand_embeddings(prompt)
         pieces = parse_weighted_prompt(prompt) if self.weighting else [(prompt, 1.0)]
         ids = self.tokenizer([text for text, _ in pieces], add_special_tokens=False, truncation=False, verbose=False)
+        backtrack = self.comma_backtrack if self.long_prompts == "chunk" and self.comma is not None else 0
+        full = self.chunk_tokens
         chunks: list[tuple[list[int], list[float]]] = []
         tokens: list[int] = []
         weights: list[float] = []
+        comma = -1  # index in ``tokens`` of the current chunk's last comma
         for piece, piece_ids in zip(pieces, ids["input_ids"]):
             if piece == BREAK:
                 chunks.append((tokens, weights))
-                tokens, weights = [], []
+                tokens, weights, comma = [], [], -1
                 continue
             for token in piece_ids:
+                if token == self.comma:
+                    comma = len(tokens)  # a comma that arrives at a full chunk does not move the cut
+                elif backtrack and len(tokens) == full and comma >= 0 and full - comma <= backtrack:
+                    cut = comma + 1
+                    chunks.append((tokens[:cut], weights[:cut]))
+                    tokens, weights, comma = tokens[cut:], weights[cut:], -1
+                if len(tokens) == full:
+                    chunks.append((tokens, weights))
+                    tokens, weights, comma = [], [], -1
                 tokens.append(token)
                 weights.append(piece[1])
-                if len(tokens) == self.chunk_tokens:
-                    chunks.append((tokens, weights))
-                    tokens, weights = [], []
         if tokens or not chunks:
             chunks.append((tokens, weights))
         if self.long_prompts == "truncate":
