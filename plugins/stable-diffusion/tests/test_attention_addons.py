@@ -244,3 +244,45 @@ def test_cli_ip_adapter_images_come_back_and_do_not_combine_with_an_addon(tiny_m
     both = ["--attention-addon", "scaled-attention", *image_prompt, "-o", str(tmp_path / "both")]
     assert main(["generate", "a cat", *both, *common]) == 2
     assert "'scaled-attention' and ip_adapter both put an add-on on the UNet's attention" in capsys.readouterr().err
+
+
+def test_attention_record_reads_back_what_it_writes():
+    from difframe_stable_diffusion.metadata import GenerationParameters, format_attention_record, parse_attention_record
+
+    for backends, addons in [
+        (["sliced"], []),
+        (["sdpa"], [("ScaleOutput", {})]),
+        (["sdpa"], [("scaled-attention", {"factor": 0.5, "note": "a + b, c: d"}), ("other", {})]),
+    ]:
+        value = format_attention_record(backends, addons)
+        text = GenerationParameters(prompt="a fox", extra={"Attention": value}).to_text()
+        assert parse_attention_record(GenerationParameters.from_text(text).extra["Attention"]) == (backends, addons)
+    for bad, message in [
+        ("", "is empty"),
+        ('sdpa {"a": 1}', "only an add-on has options"),
+        ("sdpa + x {bad} add-on", "options that are not JSON"),
+        ("sdpa sliced", "unexpected 'sliced'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_attention_record(bad)
+
+
+def test_cli_refuses_a_png_whose_backend_is_not_here(tiny_model, tmp_path, capsys):
+    from difframe.cli import main
+    from difframe_stable_diffusion.metadata import read_parameters, save_png
+
+    out = tmp_path / "out"
+    common = ("-m", str(tiny_model), "--steps", "1", "--size", "32", "--no-progress", "--seed", "5")
+    assert main(["generate", "a red fox", "-o", str(out), *common]) == 0
+    [made] = out.glob("*.png")
+    params = read_parameters(made)
+    params.extra["Attention"] = "flash-kernel"
+    save_png(Image.open(made), tmp_path / "edited.png", params)
+    capsys.readouterr()
+    assert main(["generate", "--from-png", str(tmp_path / "edited.png"), "-o", str(out), "--no-progress"]) == 2
+    assert "made with the attention backend 'flash-kernel', which cannot be used here" in capsys.readouterr().err
+    again = tmp_path / "again"  # --attention chooses another: the PNG's backend is not needed
+    edited = ["--from-png", str(tmp_path / "edited.png"), "-m", str(tiny_model), "--attention", "auto"]
+    assert main(["generate", *edited, "-o", str(again), "--no-progress"]) == 0
+    [copy] = again.glob("*.png")
+    assert np.array_equal(np.asarray(Image.open(copy)), np.asarray(Image.open(made)))
