@@ -808,6 +808,11 @@ class SigmaScheduler(StepTracking, SchedulerMixin):
 
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_σ = x_0 + σ·ε at the σ of the given schedule timesteps (from ``self.timesteps``)."""
+        return original + noise * self._noise_sigmas(original, timesteps)
+
+    def _noise_sigmas(self, original: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The σ of each given schedule timestep (or of the current step, once a begin index is set), shaped to
+        broadcast over ``original``'s batch."""
         sigmas = self.sigmas.to(device=original.device, dtype=original.dtype)
         schedule = self.timesteps.to(original.device)
         timesteps = torch.as_tensor(timesteps, device=original.device).reshape(-1)
@@ -815,7 +820,7 @@ class SigmaScheduler(StepTracking, SchedulerMixin):
             indices = [self.index_for_timestep(t, schedule) for t in timesteps]
         else:
             indices = [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
-        return original + noise * broadcast(sigmas[indices], original)
+        return broadcast(sigmas[indices], original)
 
 
 class MultistepScheduler(SigmaScheduler):
@@ -942,12 +947,5 @@ class MultistepScheduler(SigmaScheduler):
 
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = α_t·x_0 + σ_t·ε at the given schedule timesteps."""
-        sigmas = self.sigmas.to(device=original.device, dtype=original.dtype)
-        schedule = self.timesteps.to(original.device)
-        timesteps = torch.as_tensor(timesteps, device=original.device).reshape(-1)
-        if self._begin_index is None:
-            indices = [self.index_for_timestep(t, schedule) for t in timesteps]
-        else:
-            indices = [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
-        alpha_t, sigma_t = alpha_sigma(broadcast(sigmas[indices], original))
+        alpha_t, sigma_t = alpha_sigma(self._noise_sigmas(original, timesteps))
         return alpha_t * original + sigma_t * noise
