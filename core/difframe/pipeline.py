@@ -179,6 +179,7 @@ class DiffusionPipeline:
         """
         from .framework import Framework
         from .hub import resolve, weight_patterns
+        from .library_progress import quiet_library_progress
         from .paths import check_variant
         from .placement import check_device, check_dtype
 
@@ -222,10 +223,12 @@ class DiffusionPipeline:
             configs = [pattern for pattern in allow if not pattern.endswith(WEIGHT_PATTERNS)]
             root = resolve(reference, allow_patterns=configs, ignore_patterns=ignore, **hub)
             cls._check(framework, root, index, overrides, load_options, weights=False)  # before downloading weights
-            root = resolve(reference, allow_patterns=allow, ignore_patterns=ignore, **hub)
+            with quiet_library_progress(not progress):  # the weights' download
+                root = resolve(reference, allow_patterns=allow, ignore_patterns=ignore, **hub)
         plan, components = cls._check(framework, root, index, overrides, load_options, weights=True)
-        for name, (registration, loader) in plan.items():
-            components[name] = _load_component(loader, registration, root, name, load_options)
+        with quiet_library_progress(not progress):
+            for name, (registration, loader) in plan.items():
+                components[name] = _load_component(loader, registration, root, name, load_options)
         pipeline = cls(**components)
         pipeline.framework = framework
         if not progress:
