@@ -125,9 +125,10 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 
 def _model_reference(model: Any, unfound: dict[str, tuple[str, list[int]]], number: int) -> Any:
-    """A local model folder, or PACKAGE:FOLDER inside an installed package (read as ``difframe generate --model``
-    reads it), is passed on as an absolute path (workers may run in another directory). A folder or package folder
-    that does not exist is noted with its line (hub ids, "org/name", are left to the workers)."""
+    """A local model folder is passed on as an absolute path (workers may run in another directory). PACKAGE:FOLDER,
+    a folder inside an installed package (read as ``difframe generate --model`` reads it), is checked here and
+    passed on as it is: each worker finds it in its own installation. A folder or package folder that does not
+    exist is noted with its line (hub ids, "org/name", are left to the workers)."""
     if not isinstance(model, str) or not model:
         return model
     try:
@@ -135,7 +136,9 @@ def _model_reference(model: Any, unfound: dict[str, tuple[str, list[int]]], numb
     except (ValueError, OSError) as error:
         unfound.setdefault(model, (str(error), []))[1].append(number)
         return model
-    path = Path(folder).expanduser()
+    if folder != model:
+        return model
+    path = Path(model).expanduser()
     if path.exists():
         return str(path.resolve())
     if model.startswith(("/", ".", "~")) or ":\\" in model:

@@ -63,13 +63,15 @@ class JobWorker:
         import torch
         from difframe import Framework
 
+        from ..cli import package_folder
+
         model, dtype, attention = pipeline_key
         dtype = dtype or ("float32" if self.device == "cpu" else "float16")
         options: dict[str, Any] = {"device": self.device, "dtype": getattr(torch, dtype), "attention": attention}
         if self.memory_budget is not None:
             options["memory_budget"] = self.memory_budget
         try:
-            pipe = Framework().build("stable-diffusion", model=model, **options)
+            pipe = Framework().build("stable-diffusion", model=package_folder(model) if model else None, **options)
         except Exception as error:
             raise ModelLoadFailed(
                 pipeline_key, f"model {model or '(built-in)'} did not load: {type(error).__name__}: {error}"
