@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -28,6 +29,16 @@ def packaged_folder(reference: str) -> str:
             "or pass model='<folder or hub id>'"
         )
     return str(Path(locations[0]) / relative)
+
+
+def is_packaged_folder(model: Any, reference: str) -> bool:
+    """Whether ``model`` (a path) is the folder that ``reference`` ('package:relative/path') names."""
+    from pathlib import Path
+
+    try:
+        return Path(os.fspath(model)).expanduser().resolve() == Path(packaged_folder(reference)).resolve()
+    except (TypeError, OSError, ModelLoadError):  # not a path, or the package is not installed
+        return False
 
 
 class Framework:
@@ -160,9 +171,11 @@ class Framework:
         """
         self.get("pipeline", pipeline)
         registration, pipeline_class = self.first_working(self.registry.candidates("pipeline", pipeline))
-        if model is None and registration.spec.default_model is not None:
-            model = packaged_folder(registration.spec.default_model)
-            options = {**registration.spec.default_model_options, **options}
+        if (default := registration.spec.default_model) is not None:
+            if model is None:
+                model = packaged_folder(default)
+            if is_packaged_folder(model, default):  # named or not, the default model gets its options
+                options = {**registration.spec.default_model_options, **options}
         if model is None:
             raise ValueError(f"pipeline {registration.name!r} has no default model; pass model='<folder or hub id>'")
         if "dtype" in options:
