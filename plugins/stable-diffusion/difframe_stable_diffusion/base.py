@@ -220,6 +220,7 @@ class StableDiffusionBase(
             **self.image_prompt_metadata(request.cross_attention_kwargs),  # an image prompt is named in the PNG
             **self.conditioner_metadata(),
             **self.attention_record(),
+            **self.guidance_metadata(),  # a guider other than plain cfg, and the inference hooks
         }
         parameters = image_parameters(
             request, made, steps_done, steps, sampler=sampler_name, model=self.model_name, extra=extra

@@ -118,6 +118,21 @@ def add_generate_command(cli: Any) -> None:
         "repeatable; recorded in the PNG and used again by --from-png (docs/attention.md)",
     )
     parser.add_argument(
+        "--guider",
+        metavar="'NAME [{JSON options}]'",
+        help="how a step combines its guidance batch: cfg (default), apg, cfg-zero-star, pag or a plugin's, with its "
+        "options as a JSON object (e.g. 'apg {\"eta\": 0.0}', 'cfg {\"stop\": 0.5}'); recorded in the PNG (with "
+        "--from-png: the PNG's Guider)",
+    )
+    parser.add_argument(
+        "--hook",
+        action="append",
+        default=[],
+        metavar="'NAME [{JSON options}]'",
+        help="an inference hook (e.g. 'deepcache {\"interval\": 3}', tome), repeatable, run in the order given; "
+        "recorded in the PNG (with --from-png: the PNG's Hooks; --hook none: no hooks)",
+    )
+    parser.add_argument(
         "--reproducible",
         action=argparse.BooleanOptionalAction,
         help="--no-reproducible: the images of a batch share each model call (faster; each differs from the image "
@@ -332,6 +347,7 @@ def _build_options(args: argparse.Namespace, params: Any) -> dict[str, Any]:
     framework.get("scheduler", scheduler)  # an unknown name: the list of installed ones, before loading
     options: dict[str, Any] = {"scheduler": scheduler, "framework": framework}
     options.update(_attention_options(args, params, framework))
+    options.update(_guidance_options(args, params, framework))
     if args.conditioner:
         options["conditioner"] = args.conditioner
     elif CONDITIONER_KEY in params.extra:  # --from-png of an image made with another conditioner
@@ -405,6 +421,66 @@ def _attention_options(args: argparse.Namespace, params: Any, framework: Any) ->
     return options
 
 
+def _guidance_options(args: argparse.Namespace, params: Any, framework: Any) -> dict[str, Any]:
+    """--guider and --hook as build options; with --from-png, the PNG's Guider and Hooks where they are not given.
+    The names are checked here, before any weight is read (the options by the build, also before)."""
+    from .metadata import GUIDER_KEY, HOOKS_KEY, parse_component_record
+
+    options: dict[str, Any] = {}
+    if args.guider:
+        guider = parse_addon_option(args.guider, "--guider")
+        _check_named(framework, "guider", guider[0], None)
+    elif GUIDER_KEY in params.extra:
+        recorded = parse_component_record(GUIDER_KEY, params.extra[GUIDER_KEY])
+        if len(recorded) != 1:
+            raise ValueError(f"PNG parameters: {GUIDER_KEY} must name one guider, got {params.extra[GUIDER_KEY]!r}")
+        guider = recorded[0]
+        _check_named(framework, "guider", guider[0], args.from_png)
+    else:
+        guider = None
+    if guider is not None:
+        options["guider"], options["guider_options"] = guider
+    if [text.strip().lower() for text in args.hook] == ["none"]:
+        hooks: list[tuple[str, dict[str, Any]]] = []
+    elif args.hook:
+        hooks = [parse_addon_option(text, "--hook") for text in args.hook]
+        for name, _ in hooks:
+            _check_named(framework, "inference_hook", name, None)
+    elif HOOKS_KEY in params.extra:
+        hooks = parse_component_record(HOOKS_KEY, params.extra[HOOKS_KEY])
+        for name, _ in hooks:
+            _check_named(framework, "inference_hook", name, args.from_png)
+    else:
+        hooks = []
+    if hooks:
+        options["hooks"] = hooks
+    return options
+
+
+def _check_named(framework: Any, kind: str, name: str, png: str | None) -> None:
+    """A guider or hook name that is installed; else an error naming it, the installed ones and what to do."""
+    from difframe.errors import UnknownComponentError
+
+    label, flag = (
+        ("guider", "--guider NAME") if kind == "guider" else ("inference hook", "--hook NAME (none: no hooks)")
+    )
+    if png and name.startswith("<"):
+        raise ValueError(
+            f"{png} was made with the {label} object {name[1:-1]}, set as an object rather than by a registered "
+            f"name, so its options are not recorded; pass {flag} to make it with a registered one"
+        )
+    try:
+        framework.get(kind, name)
+    except UnknownComponentError:
+        installed = ", ".join(framework.registry.names(kind)) or "none"
+        if png is None:
+            raise
+        raise ValueError(
+            f"{png} was made with the {label} {name!r}, which is not installed (installed: {installed}); install the "
+            f"plugin that registers it, or pass {flag} to make the image with another (the pixels will differ)"
+        ) from None
+
+
 def _recorded_backend(framework: Any, backends: list[str], png: str) -> str | None:
     """The backend a PNG's Attention names, if it is one this machine runs; else an error that says what to do."""
     if len(backends) != 1:
@@ -424,20 +500,20 @@ def _recorded_backend(framework: Any, backends: list[str], png: str) -> str | No
     return backends[0]
 
 
-def parse_addon_option(text: str) -> tuple[str, dict[str, Any]]:
-    """--attention-addon 'NAME' or 'NAME {"key": value}' -> (name, options)."""
+def parse_addon_option(text: str, flag: str = "--attention-addon") -> tuple[str, dict[str, Any]]:
+    """--attention-addon (or --guider, --hook) 'NAME' or 'NAME {"key": value}' -> (name, options)."""
     name, _, rest = text.strip().partition(" ")
     if not name:
-        raise ValueError("--attention-addon takes a registered add-on's name, optionally followed by JSON options")
+        raise ValueError(f"{flag} takes a registered name, optionally followed by JSON options")
     try:
         options = json.loads(rest) if rest.strip() else {}
     except json.JSONDecodeError as error:
         raise ValueError(
-            f"--attention-addon {text!r}: the options after the name must be a JSON object, e.g. "
+            f"{flag} {text!r}: the options after the name must be a JSON object, e.g. "
             f"'{name} {{\"factor\": 0.5}}' ({error})"
         ) from None
     if not isinstance(options, dict):
-        raise ValueError(f"--attention-addon {text!r}: the options after the name must be a JSON object")
+        raise ValueError(f"{flag} {text!r}: the options after the name must be a JSON object")
     return name, options
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,10 +36,45 @@ def create_checked(framework: Any, kind: str, name: str, options: dict[str, Any]
             f"{label} {registration.name!r} has no option(s) {', '.join(map(repr, unknown))}; it takes "
             f"{', '.join(sorted(declared)) if declared else 'no options'}"
         )
+    try:
+        json.dumps(options, allow_nan=True)
+    except TypeError as error:
+        raise TypeError(
+            f"{label} {registration.name!r}: options must be JSON values (numbers, text, lists, dicts), because the "
+            f"PNG parameters record them; {error}"
+        ) from None
     built = framework.create(kind, name, **options)
     built.name = registration.name
     built.options = dict(options)
+    built.record_options = {**_default_options(factory), **registration.spec.options, **options}
     return built
+
+
+def _default_options(factory: Any) -> dict[str, Any]:
+    """The keyword options' defaults that are JSON values: written with the given ones, so a PNG says every setting
+    and a later release's other default does not change what ``--from-png`` makes."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    defaults = {}
+    for p in parameters:
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty and p.name != "self":
+            try:
+                json.dumps(p.default)
+            except (TypeError, ValueError):
+                continue
+            defaults[p.name] = p.default
+    return defaults
+
+
+def recorded_entry(component: Any) -> tuple[str, dict[str, Any]]:
+    """(name, options) as the PNG records a guider or hook. One built from an object, not by its registered name,
+    has no recorded options: it is written ``<module.Class>``, which ``--from-png`` refuses with what to do."""
+    if getattr(component, "name", "") and hasattr(component, "record_options"):
+        return component.name, dict(component.record_options)
+    kind = type(component)
+    return f"<{kind.__module__}.{kind.__qualname__}>", {}
 
 
 def parse_hook_request(request: HookRequest) -> tuple[str, dict[str, Any]]:
@@ -166,6 +202,30 @@ class GuidanceMixin:
         if own:
             record["hooks"] = [{"name": h.name or type(h).__name__, **getattr(h, "options", {})} for h in own]
         return record
+
+    def guidance_metadata(self) -> dict[str, str]:
+        """The PNG fields of the guider and the hooks: ``Guider`` when it is not plain cfg with its defaults, and
+        ``Hooks`` (the hooks added, not those a guider brings, in the order they run), each with all its options."""
+        from .metadata import GUIDER_KEY, HOOKS_KEY, format_component_record
+
+        fields: dict[str, str] = {}
+        guider = self.__dict__.get("_guider")
+        if guider is not None and not _is_plain_cfg(guider):
+            fields[GUIDER_KEY] = format_component_record([recorded_entry(guider)])
+        own = [h for h in self.hooks if h not in self.__dict__.get("_guider_hooks", [])]
+        if own:
+            fields[HOOKS_KEY] = format_component_record([recorded_entry(h) for h in own])
+        return fields
+
+
+def _is_plain_cfg(guider: Guider) -> bool:
+    """The default: classifier-free guidance with its default settings (by name or as the object)."""
+    if type(guider) is not ClassifierFreeGuidance:
+        return False
+    defaults = _default_options(ClassifierFreeGuidance)
+    if hasattr(guider, "record_options"):
+        return guider.record_options == defaults
+    return all(getattr(guider, key, None) == value for key, value in defaults.items())
 
 
 def _guider_from(framework: Any, guider: Any, options: dict[str, Any] | None) -> Guider:

@@ -22,6 +22,8 @@ from typing import Any
 
 PNG_KEY = "parameters"
 ATTENTION_KEY = "Attention"  # the UNet's attention backends, then the add-ons: "sdpa + NAME {options} add-on"
+GUIDER_KEY = "Guider"  # a guider other than plain cfg, with its options: 'apg {"eta": 0.0, ...}'
+HOOKS_KEY = "Hooks"  # inference hooks in the order they run: 'deepcache {"interval": 3, ...}, tome {...}'
 
 # The web UI's default schedule ("Automatic") of a sampler, from version 1.9 on; the others use the model's sigmas.
 DEFAULT_SCHEDULES_1_9 = {
@@ -403,6 +405,36 @@ def parse_attention_record(value: str) -> tuple[list[str], list[tuple[str, dict[
             )
         rest = rest[2:].lstrip()
     return backends, addons
+
+
+def format_component_record(entries: list[tuple[str, dict[str, Any]]]) -> str:
+    """The "Guider" and "Hooks" values: ``NAME`` or ``NAME {json options}``, joined by ", "."""
+    return ", ".join(f"{name} {json.dumps(options, sort_keys=True)}" if options else name for name, options in entries)
+
+
+def parse_component_record(key: str, value: str) -> list[tuple[str, dict[str, Any]]]:
+    """A "Guider" or "Hooks" value, as format_component_record writes it -> [(name, options)]."""
+    entries: list[tuple[str, dict[str, Any]]] = []
+    rest = value.strip()
+    if not rest:
+        raise ValueError(f"PNG parameters: {key} is empty; it names what the image was made with")
+    while rest:
+        match = re.match(r"[^\s,{]+", rest)
+        if match is None:
+            raise ValueError(f"PNG parameters: {key} {value!r} is not 'NAME {{options}}, ...' (at {rest!r})")
+        name, rest = match.group(0), rest[match.end() :].lstrip()
+        options: Any = {}
+        if rest.startswith("{"):
+            try:
+                options, end = json.JSONDecoder().raw_decode(rest)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"PNG parameters: {key} {value!r} has options that are not JSON ({error})") from None
+            rest = rest[end:].lstrip()
+        entries.append((name, options))
+        if rest and not rest.startswith(","):
+            raise ValueError(f"PNG parameters: {key} {value!r} is not 'NAME {{options}}, ...' (unexpected {rest!r})")
+        rest = rest[1:].lstrip()
+    return entries
 
 
 # --- PNG files --------------------------------------------------------------------------------------------------
