@@ -8,6 +8,8 @@ PACKAGE_FILES := pyproject.toml $(wildcard plugins/*/pyproject.toml) constraints
 
 .PHONY: install demo test lint format bench clean
 
+PARALLEL ?= -n auto --dist loadgroup
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip "setuptools>=77" wheel
@@ -37,15 +39,16 @@ demo: install
 
 # The parity tests (marked in conftest.py) run a second time on another CPU instruction-set path: AVX2 where this
 # CPU has AVX-512, the plain path where it has AVX2 only. A tolerance that holds on one kind of CPU only fails here,
-# not on the next machine CI happens to get.
+# not on the next machine CI happens to get. Both runs use pytest-xdist ($(PARALLEL)): one process per core, one
+# thread each, a module's tests in one process (conftest.py). `make test PARALLEL=` runs them in one process.
 test: $(VENV)/.test-installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PARALLEL)
 	isa=$$($(PY) -c "import torch; print('avx2' if torch.backends.cpu.get_cpu_capability() == 'AVX512' else 'default')"); \
 	onednn=$$(if [ $$isa = avx2 ]; then echo AVX2; else echo SSE41; fi); \
 	echo "parity tests again with ATEN_CPU_CAPABILITY=$$isa ONEDNN_MAX_CPU_ISA=$$onednn"; \
-	ATEN_CPU_CAPABILITY=$$isa ONEDNN_MAX_CPU_ISA=$$onednn $(PY) -m pytest -q -m parity
+	ATEN_CPU_CAPABILITY=$$isa ONEDNN_MAX_CPU_ISA=$$onednn $(PY) -m pytest -q -m parity $(PARALLEL)
 
 lint: $(VENV)/.test-installed
 	$(PY) -m ruff check --fix .

@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+# `make test` runs the suite on every core with pytest-xdist, one process per core. Each process then computes on
+# one thread: most tests already pin torch to one (tiny models are fastest so), and the rest would otherwise start
+# as many threads as there are cores in every process, and spin against each other. A test that asks for more
+# threads (a check of multi-threaded kernels) gets them, with OpenMP threads that sleep rather than spin while they
+# wait. Set before torch is imported, and inherited by the CLI subprocesses the tests start.
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+    for variable, value in (("OMP_NUM_THREADS", threads), ("MKL_NUM_THREADS", threads), ("OMP_WAIT_POLICY", "PASSIVE")):
+        os.environ.setdefault(variable, value)
 
 # The template's tests need the template installed; tests/test_plugin_template.py installs it for real with pip
 # and runs them there.
 collect_ignore_glob = ["contrib/plugin-template/tests/*"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the tests that compare numbers with the reference library: `make test` runs them a second time on
     another CPU instruction-set path. The convention: they live in a test_parity*.py module or say "reference" in
-    their name."""
+    their name.
+
+    Under pytest-xdist (`--dist loadgroup`), a module's tests run in one process, so that its module fixtures (a
+    local Ray instance, an OpenVINO conversion) are built once; and the full-architecture tests (marked slow) run
+    one after another in one process: two of them at once would hold four full models, more memory than a small CI
+    machine has. They run first, so that the rest of the suite shares the other processes meanwhile."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
     for item in items:
         if item.path.name.startswith("test_parity") or "reference" in item.originalname:
             item.add_marker(pytest.mark.parity)
+        group = "full-architecture" if item.get_closest_marker("slow") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(scope="session")
+def sd15_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stable Diffusion 1.5 at its real sizes with random weights (a 4 GB folder written by the reference library):
+    written once per test process and shared by the full-architecture tests, which run in one process."""
+    from difframe_stable_diffusion.testing import TEXT_SD15, UNET_SD15, VAE_SD15, write_reference_model
+
+    folder = tmp_path_factory.mktemp("sd15") / "sd15-random"
+    return write_reference_model(folder, unet=UNET_SD15, vae=VAE_SD15, text=TEXT_SD15, jitter=False)
