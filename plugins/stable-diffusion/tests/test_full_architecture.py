@@ -9,12 +9,10 @@ import pytest
 
 
 @pytest.mark.slow
-def test_sd15_text_to_image_matches_reference(h, framework, tmp_path):
+def test_sd15_text_to_image_matches_reference(h, framework, sd15_model):
     import diffusers
 
-    folder = h.write_reference_model(
-        tmp_path / "sd15-random", unet=h.UNET_SD15, vae=h.VAE_SD15, text=h.TEXT_SD15, jitter=False
-    )
+    folder = sd15_model
     kwargs = dict(height=256, width=256, num_inference_steps=2, guidance_scale=7.5, output_type="np")
     prompt, negative = "a watercolor painting of a fox in a forest", "blurry"
 

@@ -204,13 +204,13 @@ def test_bad_files_are_refused_before_anything_changes(h, framework, tiny_model,
 
 
 @pytest.mark.slow
-def test_full_sd15_architecture_parity(h, tmp_path):
+def test_full_sd15_architecture_parity(sd15_model, tmp_path):
     """The real SD 1.5 UNet and text encoder sizes, random weights: one denoiser call and the text embeddings with
     kohya and PEFT LoRAs on every attention, MLP and resnet layer."""
     import diffusers
     from difframe import Framework
 
-    folder = h.write_reference_model(tmp_path / "sd15", unet=h.UNET_SD15, vae=h.VAE_SD15, text=h.TEXT_SD15)
+    folder = sd15_model
     ours = Framework().build("stable-diffusion", model=folder)
     theirs = diffusers.StableDiffusionPipeline.from_pretrained(
         folder, safety_checker=None, requires_safety_checker=False

@@ -452,16 +452,14 @@ def test_cli_generates_from_a_single_file(h, framework, tiny_model, tmp_path, ca
 
 # --- the full Stable Diffusion 1.5 architecture (random weights) ------------------------------------------------
 @pytest.mark.slow
-def test_sd15_single_file_inferred_matches_folder_and_reference(h, framework, tmp_path):
+def test_sd15_single_file_inferred_matches_folder_and_reference(h, framework, sd15_model, tmp_path):
     """Loaded with nothing but the file (architecture inferred), SD 1.5 gives the folder's images exactly, and
     the reference's from_single_file (given the folder as config, offline) agrees within 1e-4."""
     import gc
 
     import diffusers
 
-    folder = h.write_reference_model(
-        tmp_path / "sd15-random", unet=h.UNET_SD15, vae=h.VAE_SD15, text=h.TEXT_SD15, jitter=False
-    )
+    folder = sd15_model
     path = tmp_path / "sd15-random.safetensors"
     call = dict(height=128, width=128, num_inference_steps=2, guidance_scale=7.5, output_type="np")
     from_folder = h.build(framework, folder, scheduler="dpmpp")
