@@ -13,7 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapter import IPAdapterWeights, adapter_from_state_dict, attach, detach, read_adapter_file, set_scales
+from .adapter import (
+    IPAdapterAttention,
+    IPAdapterWeights,
+    adapter_from_state_dict,
+    attach,
+    cross_attention_layers,
+    detach,
+    read_adapter_file,
+    set_scales,
+)
 
 
 def project_image_embeds(
@@ -59,6 +68,23 @@ class ImagePrompts:
         return kwargs
 
 
+def check_no_other_addon(unet: nn.Module) -> None:
+    """IP-Adapter's add-on goes on every cross-attention layer, which holds one add-on: another one there is refused
+    before anything is read, not silently replaced."""
+    held = {
+        type(module.addon).__name__: getattr(module.addon, "name", None)
+        for _, module in cross_attention_layers(unet)
+        if module.addon is not None and not isinstance(module.addon, IPAdapterAttention)
+    }
+    if held:
+        names = ", ".join(sorted(str(name or kind) for kind, name in held.items()))
+        raise ValueError(
+            f"the UNet's cross-attention already has the add-on {names}, and IP-Adapter needs those layers for its "
+            "own (an attention module holds one add-on): remove it first with pipe.remove_attention_addon(NAME) "
+            "(added by name) or pipe.set_attention(None)"
+        )
+
+
 class ImagePrompter:
     """A pipeline's IP-Adapters, image encoder and feature extractor."""
 
@@ -86,6 +112,7 @@ class ImagePrompter:
         """Read and check every adapter file against ``unet`` and find the image encoder, then attach."""
         from difframe.hub import resolve
 
+        check_no_other_addon(unet)
         adapters, folders = [], []
         for source, subfolder, weight_name in zip(sources, subfolders, weight_names):
             patterns = [f"{subfolder}/{weight_name}" if subfolder else weight_name]

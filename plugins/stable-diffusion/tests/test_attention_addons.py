@@ -286,3 +286,16 @@ def test_cli_refuses_a_png_whose_backend_is_not_here(tiny_model, tmp_path, capsy
     assert main(["generate", *edited, "-o", str(again), "--no-progress"]) == 0
     [copy] = again.glob("*.png")
     assert np.array_equal(np.asarray(Image.open(copy)), np.asarray(Image.open(made)))
+
+
+def test_loading_an_ip_adapter_over_a_named_addon_is_refused(tiny_model, third_party, tmp_path):
+    """IP-Adapter needs the cross-attention layers for its own add-on: one added by name there is refused, not
+    silently replaced, and the pipeline is left as it was."""
+    testing = pytest.importorskip("difframe_ip_adapter.testing")
+    from difframe import Framework
+
+    adapters = testing.write_adapter_folder(tmp_path / "adapters", testing.SD1_TINY)
+    pipe = Framework().build("stable-diffusion", model=tiny_model, attention_addons=["scaled-attention"])
+    with pytest.raises(ValueError, match="cross-attention already has the add-on scaled-attention"):
+        pipe.load_ip_adapter(adapters, subfolder="models", weight_name="ip-adapter-plain.safetensors")
+    assert [addon.name for addon in pipe.attention_addons] == ["scaled-attention"]
