@@ -454,6 +454,22 @@ def _guidance_options(args: argparse.Namespace, params: Any, framework: Any) -> 
         hooks = []
     if hooks:
         options["hooks"] = hooks
+    if args.from_png:  # the recorded options checked against the plugins installed here, with what to do
+        from .guided_steps import create_checked
+
+        built = [("guider", *guider, args.guider)] if guider is not None else []
+        built += [("inference_hook", *hook, args.hook) for hook in hooks]
+        for kind, name, given, flag in built:
+            try:
+                create_checked(framework, kind, name, given)
+            except (TypeError, ValueError) as error:
+                if flag:
+                    raise
+                other = "--guider NAME" if kind == "guider" else "--hook NAME (or --hook none)"
+                raise ValueError(
+                    f"{args.from_png} records options that the installed {name!r} refuses ({error}); install "
+                    f"the version of its plugin that made it, or pass {other} to make it with other settings"
+                ) from None
     return options
 
 

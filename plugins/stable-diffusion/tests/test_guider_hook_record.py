@@ -123,7 +123,8 @@ def test_from_png_refuses_what_is_not_installed_and_flags_override(tiny_model, t
         ("Guider", "gone-guider {}", "made with the guider 'gone-guider', which is not installed (installed: apg, cfg"),
         ("Hooks", 'deepcache {"interval": 2}, gone-hook', "made with the inference hook 'gone-hook', which is not"),
         ("Guider", "<my_module.MyGuider>", "guider object my_module.MyGuider, set as an object rather than by a"),
-        ("Hooks", 'deepcache {"cache_interval": 3}', "inference hook 'deepcache' has no option(s) 'cache_interval'"),
+        ("Hooks", 'deepcache {"cache_interval": 3}', "records options that the installed 'deepcache' refuses"),
+        ("Guider", 'cfg {"start": 2.0}', "records options that the installed 'cfg' refuses (the guidance"),
     )
     for key, value, message in cases:
         edited = tmp_path / "edited.png"
@@ -134,6 +135,8 @@ def test_from_png_refuses_what_is_not_installed_and_flags_override(tiny_model, t
         assert message in error, error
         if "not installed" in message:
             assert "install the plugin that registers it, or pass --" in error
+        if "records options" in message:
+            assert "install the version of its plugin that made it, or pass --" in error
     # --guider and --hook replace the PNG's: plain cfg without hooks is the plain image's text again
     plain, replaced = tmp_path / "plain", tmp_path / "replaced"
     assert main(["generate", "a red fox", "-o", str(plain), *_common(tiny_model)]) == 0
