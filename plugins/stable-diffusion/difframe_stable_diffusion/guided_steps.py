@@ -191,7 +191,8 @@ class GuidanceMixin:
             yield
 
     def guidance_record(self) -> dict[str, Any]:
-        """What the PNG parameters record: the guider (when not plain cfg) and the hooks, with their options."""
+        """The guider (when not plain cfg) and the hooks as chosen, with the options given; the PNG fields, with
+        every option, are ``guidance_metadata()``."""
         record: dict[str, Any] = {}
         guider = self.guider
         name = getattr(guider, "name", "cfg")
