@@ -15,9 +15,10 @@ NEEDS_TORCHSDE = {"packages": ("torchsde",)}
 
 # name -> (label, Schedule type) in AUTOMATIC1111's web UI, which PNG parameters write and read. Web UI 1.9 and later
 # write the two separately and give some samplers a default schedule ("DPM++ 2M" alone means Karras there); earlier
-# versions know only combined labels ("DPM++ 2M Karras") and ignore "Schedule type". So the label is combined where
-# the schedule is Karras (both read it alike) and the schedule is always written. DPM++ 2S/3S (singlestep, not
-# ancestral) have no web-UI sampler: their names are written as they are.
+# versions know only combined labels ("DPM++ 2M Karras") and 1.4-1.8 stop on a "Schedule type" they do not know. So
+# the label is combined where the schedule is Karras (both read it alike); PNG parameters add "Schedule type" only
+# where 1.9 needs it. DPM++ 2S/3S (singlestep, not ancestral) have no web-UI sampler: their names are written as they
+# are.
 WEB_UI: dict[str, tuple[str, str | None]] = {
     "ddim": ("DDIM", None),
     "ddpm": ("DDPM", None),

@@ -180,9 +180,13 @@ class GenerationParameters:
         with "Negative prompt:", surrounding spaces) is also written whole as a quoted "Prompt" / "Negative prompt"
         field, which our reader takes over the text lines (the web UI's ignores it); in the lines, a line starting
         with "Negative prompt:" is joined to the one before by a space, which the CLIP tokenizer reads the same."""
-        pairs: list[tuple[str, Any]] = [("Steps", self.steps), ("Sampler", sampler_label(self.scheduler))]
-        schedule = schedule_type(self.scheduler)
-        if schedule:
+        label, schedule = sampler_label(self.scheduler), schedule_type(self.scheduler)
+        if schedule and schedule != "Uniform" and not label.endswith(f" {schedule}"):
+            label = f"{label} {schedule}"  # "DPM++ 2M SDE Exponential": a sampler before 1.9, both parts from 1.9
+        pairs: list[tuple[str, Any]] = [("Steps", self.steps), ("Sampler", label)]
+        if schedule == "Uniform" and DEFAULT_SCHEDULES_1_9.get(label, "Uniform") != "Uniform":
+            # from 1.9 the label alone is the sampler's default schedule; 1.6 to 1.8 take "Schedule type" as a
+            # setting that knows no Uniform (so it is written only here, where 1.9 needs it)
             pairs.append(("Schedule type", schedule))
         pairs.append(("CFG scale", _number(self.guidance_scale)))
         if self.seed is not None:

@@ -36,7 +36,7 @@ def test_writes_the_web_ui_format():
     )
     assert params.to_text() == (
         "a watercolor fox\nNegative prompt: blurry\n"
-        "Steps: 20, Sampler: DPM++ 2M Karras, Schedule type: Karras, CFG scale: 7.5, Seed: 7, Size: 512x512, "
+        "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 7, Size: 512x512, "
         "Model: sd15"
     )
 

@@ -126,7 +126,7 @@ def test_output_types_and_embedded_parameters(h, framework, tiny_model, tmp_path
     assert np.allclose(tensor.permute(0, 2, 3, 1).numpy(), array)
     assert np.array_equal(np.asarray(pil.images[0]), (array[0] * 255).round().astype("uint8"))
     text = pil.images[0].info["parameters"]
-    settings = "Steps: 2, Sampler: Euler, Schedule type: Uniform, CFG scale: 7.5, Seed: 5, Size: 32x32, Model: tiny-sd"
+    settings = "Steps: 2, Sampler: Euler, CFG scale: 7.5, Seed: 5, Size: 32x32, Model: tiny-sd"
     assert text == f"a cat\nNegative prompt: blurry\n{settings}"
     [path] = pil.save(tmp_path)
     params = read_parameters(path)

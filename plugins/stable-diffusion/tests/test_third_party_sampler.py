@@ -87,7 +87,7 @@ def test_build_with_the_sampler_gives_euler_images(h, tiny_model, third_party):
     assert type(pipe.scheduler).__name__ == "PlainEuler"
     ours = pipe("a red fox", generator=torch.Generator().manual_seed(2), **settings)
     assert ours.parameters[0].scheduler == "plain-euler"
-    assert "Sampler: Plain Euler, Schedule type: Uniform" in ours.parameters[0].to_text()
+    assert "Sampler: Plain Euler, CFG" in ours.parameters[0].to_text()
     pipe.set_scheduler("euler")
     euler = pipe("a red fox", generator=torch.Generator().manual_seed(2), **settings)
     torch.testing.assert_close(ours.images, euler.images, rtol=0, atol=0)

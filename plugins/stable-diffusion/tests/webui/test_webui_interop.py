@@ -28,8 +28,8 @@ NOT_IN_WEB_UI = {"ddpm", "deis", "pndm", "dpmpp_2s", "dpmpp_2s_karras", "dpmpp_3
 # Karras samplers with no label of their own before 1.9 (their "Euler" with the karras setting would be one)
 NO_LABEL_BEFORE_1_9 = {"euler_karras", "heun_karras"}
 # Known: 1.4 to 1.8 paste "Schedule type" into their k_sched_type setting (Automatic, karras, exponential,
-# polyexponential), and generation stops on any other value; we write "Schedule type" for every sampler that has
-# one, as 1.9 and later need it for a plain sampler whose default schedule is not Uniform (DPM++ 2M: Karras).
+# polyexponential), and generation stops on any other value; we write "Schedule type: Uniform" only for a plain
+# sampler whose default schedule is another from 1.9 on (DPM++ 2M: Karras), where 1.9 and later need it.
 OLD_SCHEDULE_SETTING = "before 1.9, 'Schedule type: {}' is a setting that stops generation"
 TRICKY_PROMPTS = [
     ("a cat\nNegative prompt: x", ""),
@@ -269,14 +269,14 @@ def test_plain_prompts_are_written_as_before():
     "name, written",
     [
         ("dpmpp", "Sampler: DPM++ 2M, Schedule type: Uniform"),
-        ("dpmpp_2m_karras", "Sampler: DPM++ 2M Karras, Schedule type: Karras"),
+        ("dpmpp_2m_karras", "Sampler: DPM++ 2M Karras, CFG"),
         ("dpmpp_2m_sde", "Sampler: DPM++ 2M SDE, Schedule type: Uniform"),
-        ("dpmpp_2m_sde_exponential", "Sampler: DPM++ 2M SDE, Schedule type: Exponential"),
-        ("euler_a", "Sampler: Euler a, Schedule type: Uniform"),
+        ("dpmpp_2m_sde_exponential", "Sampler: DPM++ 2M SDE Exponential, CFG"),
+        ("euler_a", "Sampler: Euler a, CFG"),
         ("ddim", "Sampler: DDIM, CFG"),
     ],
 )
-def test_sampler_and_schedule_are_written_for_web_ui_1_9_and_later(name, written):
+def test_sampler_and_schedule_are_written_for_old_and_new_web_uis(name, written):
     assert written in params(scheduler=name).to_text()
 
 
@@ -285,7 +285,7 @@ def test_sampler_and_schedule_are_written_for_web_ui_1_9_and_later(name, written
     [
         ("dpmpp_2s_a", "DPM++ 2S a"),
         ("dpmpp_2s_a_karras", "DPM++ 2S a Karras"),
-        ("dpmpp_2m_sde_exponential", "DPM++ 2M SDE"),
+        ("dpmpp_2m_sde_exponential", "DPM++ 2M SDE Exponential"),
     ],
 )
 def test_labels_come_from_the_registered_specs(name, label):
