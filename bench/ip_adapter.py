@@ -5,8 +5,9 @@ embedding; Plus: 16 tokens from 1280-wide ViT-H hidden states through the resamp
 
     flock /tmp/heavy.lock .venv/bin/python bench/ip_adapter.py [--repeat 5] [--threads 2] [--kind plain]
 
-A step is one UNet call; the adapter's cost is (UNet call with the adapter) - (without). Prints a markdown table of
-median wall times and the ratios ours / reference.
+A step is one UNet call; the adapter's cost is (UNet call with the adapter) - (without), the four calls alternating
+round by round (a plain and an adapted copy of each UNet); the image embedding is projected inside the timed call on
+both sides. Prints a markdown table of median wall times and the ratios ours / reference.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         Reference(**SD15_UNET).save_pretrained(Path(tmp) / "unet")
-        reference = Reference.from_pretrained(Path(tmp) / "unet").eval()
-        ours = UNet2DConditionModel.from_pretrained(Path(tmp) / "unet").eval()
+        # a plain and an adapted copy of each UNet, so that the four calls alternate within every round
+        reference, reference_ip = (Reference.from_pretrained(Path(tmp) / "unet").eval() for _ in range(2))
+        ours, ours_ip = (UNet2DConditionModel.from_pretrained(Path(tmp) / "unet").eval() for _ in range(2))
     gc.collect()
     embed_dim = 1024 if args.kind == "plain" else 1280
     queries = 16
@@ -72,23 +74,28 @@ def main() -> None:
     image = torch.randn(*shape, generator=generator)
 
     with torch.no_grad():
-        base = medians([lambda: ours(sample, 500, text), lambda: reference(sample, 500, text)], args.repeat)
-        adapter = adapter_from_state_dict(parts, ours, f"ip-adapter ({args.kind})")
-        attach(ours, [adapter])
-        reference._load_ip_adapter_weights([parts], low_cpu_mem_usage=False)
-        tokens = project_image_embeds([adapter], [image])
-        ours_kwargs = {"ip_hidden_states": tokens}
-        with_adapter = medians(
+        adapter = adapter_from_state_dict(parts, ours_ip, f"ip-adapter ({args.kind})")
+        attach(ours_ip, [adapter])
+        reference_ip._load_ip_adapter_weights([parts], low_cpu_mem_usage=False)
+
+        def ours_with_adapter() -> torch.Tensor:  # the image embedding projected in the call, as the reference does
+            tokens = project_image_embeds([adapter], [image])
+            return ours_ip(sample, 500, text, cross_attention_kwargs={"ip_hidden_states": tokens})
+
+        def reference_with_adapter() -> torch.Tensor:
+            return reference_ip(sample, 500, text, added_cond_kwargs={"image_embeds": [image]}).sample
+
+        times = medians(
             [
-                lambda: ours(sample, 500, text, cross_attention_kwargs=ours_kwargs),
-                lambda: reference(sample, 500, text, added_cond_kwargs={"image_embeds": [image]}),
+                lambda: ours(sample, 500, text),
+                lambda: reference(sample, 500, text),
+                ours_with_adapter,
+                reference_with_adapter,
             ],
             args.repeat,
         )
-        difference = (
-            ours(sample, 500, text, cross_attention_kwargs=ours_kwargs)
-            - reference(sample, 500, text, added_cond_kwargs={"image_embeds": [image]}).sample
-        )
+        base, with_adapter = times[:2], times[2:]
+        difference = ours_with_adapter() - reference_with_adapter()
     cost = [with_adapter[0] - base[0], with_adapter[1] - base[1]]
     print(f"{args.kind} adapter, 256x256, batch 2, {args.threads} threads, median of {args.repeat}")
     print(f"max abs difference of the UNet outputs with the adapter: {float(difference.abs().max()):.2e}\n")
