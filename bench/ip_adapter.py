@@ -3,11 +3,13 @@ architecture (random weights, saved once by the reference and loaded by both), 2
 of two (classifier-free guidance), one adapter with the published SD 1.5 sizes (plain: 4 tokens from a 1024-wide
 embedding; Plus: 16 tokens from 1280-wide ViT-H hidden states through the resampler).
 
-    flock /tmp/heavy.lock .venv/bin/python bench/ip_adapter.py [--repeat 5] [--threads 2] [--kind plain]
+    flock /tmp/heavy.lock .venv/bin/python bench/ip_adapter.py [--repeat 5] [--threads 2] [--kind plain] [--per-layer N]
 
 A step is one UNet call; the adapter's cost is (UNet call with the adapter) - (without), the four calls alternating
 round by round (a plain and an adapted copy of each UNet); the image embedding is projected inside the timed call on
-both sides. Prints a markdown table of median wall times and the ratios ours / reference.
+both sides. ``--per-layer N`` also times each cross-attention layer alone (its real input, N alternating rounds):
+the adapter's cost where it is paid, without the noise of whole UNet calls. Prints a markdown table of median wall
+times and the ratios ours / reference.
 """
 
 from __future__ import annotations
@@ -38,11 +40,51 @@ def medians(functions: list[Callable[[], object]], repeat: int) -> list[float]:
     return [statistics.median(bucket) for bucket in times]
 
 
+def per_layer_costs(ours_ip, reference_ip, text, tokens, reference_tokens, sample, repeat):
+    """The adapter's cost measured where it is paid: each cross-attention layer called alone with its real input
+    shape, with and without the adapter, ours and the reference's, alternating; summed over the layers."""
+    from difframe.attention import attention_modules
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keep_input(name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            inputs.setdefault(name, args[0])
+
+        return hook
+
+    hooks = [
+        module.register_forward_pre_hook(keep_input(name))
+        for name, module in attention_modules(ours_ip)
+        if module.is_cross_attention
+    ]
+    ours_ip(sample, 500, text, cross_attention_kwargs={"ip_hidden_states": tokens})
+    for hook in hooks:
+        hook.remove()
+    plain_processor = AttnProcessor2_0()
+    totals = [0.0, 0.0, 0.0, 0.0]
+    for name, hidden in inputs.items():
+        ours_layer, theirs_layer = ours_ip.get_submodule(name), reference_ip.get_submodule(name)
+        calls = [
+            lambda ours=ours_layer, x=hidden: ours.default_forward(x, text),
+            lambda theirs=theirs_layer, x=hidden: plain_processor(theirs, x, text),
+            lambda ours=ours_layer, x=hidden: ours(x, text, ip_hidden_states=tokens),
+            lambda theirs=theirs_layer, x=hidden: theirs(x, encoder_hidden_states=(text, reference_tokens)),
+        ]
+        for index, median in enumerate(medians(calls, repeat)):
+            totals[index] += median
+    return totals[:2], totals[2:], len(inputs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kind", choices=("plain", "plus"), default="plain")
+    parser.add_argument(
+        "--per-layer", type=int, metavar="N", default=0, help="also time each cross-attention layer alone, N rounds"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -96,6 +138,12 @@ def main() -> None:
         )
         base, with_adapter = times[:2], times[2:]
         difference = ours_with_adapter() - reference_with_adapter()
+        if args.per_layer:
+            tokens = project_image_embeds([adapter], [image])
+            reference_tokens = reference_ip.encoder_hid_proj([image])
+            layers_base, layers_with, layers = per_layer_costs(
+                ours_ip, reference_ip, text, tokens, reference_tokens, sample, args.per_layer
+            )
     cost = [with_adapter[0] - base[0], with_adapter[1] - base[1]]
     print(f"{args.kind} adapter, 256x256, batch 2, {args.threads} threads, median of {args.repeat}")
     print(f"max abs difference of the UNet outputs with the adapter: {float(difference.abs().max()):.2e}\n")
@@ -103,6 +151,12 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     rows = [("UNet call without adapter", base), ("UNet call with the adapter", with_adapter)]
     rows.append(("adapter's cost (with - without)", cost))
+    if args.per_layer:
+        rows.append(
+            (f"{layers} cross-attention layers alone, without adapter (median of {args.per_layer})", layers_base)
+        )
+        rows.append((f"{layers} cross-attention layers alone, with the adapter", layers_with))
+        rows.append(("adapter's cost, per layer summed", [w - b for w, b in zip(layers_with, layers_base)]))
     for label, (mine, theirs) in rows:
         ratio = f"{mine / theirs:.3f}x" if theirs > 0 else "n/a"
         print(f"| {label} | {mine * 1000:.1f} ms | {theirs * 1000:.1f} ms | {ratio} |")
