@@ -4,16 +4,15 @@ image from the parameters embedded in its PNG. Importing this module does not im
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from difframe.library_progress import quiet_library_progress
 
 INTERRUPTED_KEY = "Interrupted"  # as common.INTERRUPTED_KEY; common imports torch, this module must not
 
@@ -170,7 +169,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.prompts:  # a job file, on the local engine or Ray
         from .jobs.command import run_job_file
 
-        with quiet_loading(args.no_progress):
+        with quiet_library_progress(args.no_progress):
             return run_job_file(args)
     import warnings
 
@@ -635,7 +634,7 @@ def _generate(args: argparse.Namespace, request: Request) -> int:
 
     params = request.params
     framework = request.build.pop("framework", None) or Framework()
-    with quiet_loading(args.no_progress):
+    with quiet_library_progress(args.no_progress):
         pipe = framework.build(request.pipeline, model=params.model, **request.build)
     if getattr(pipe, "single_file", None) is not None:
         print(f"{pipe.single_file.path.name}: {pipe.single_file.description}", file=sys.stderr)
@@ -672,27 +671,3 @@ def package_folder(model: str) -> str:
     if not Path(folder).is_dir():
         raise ValueError(f"model {model}: the package {package!r} has no folder {model.partition(':')[2]!r}")
     return folder
-
-
-@contextmanager
-def quiet_loading(quiet: bool) -> Iterator[None]:
-    """--no-progress: also no progress bars from the libraries that read weights (transformers' "Loading weights",
-    the hub's downloads); restored afterwards."""
-    restore = []
-    if quiet and importlib.util.find_spec("transformers") is not None:
-        from transformers.utils import logging as transformers_logging
-
-        if transformers_logging.is_progress_bar_enabled():
-            transformers_logging.disable_progress_bar()
-            restore.append(transformers_logging.enable_progress_bar)
-    if quiet and importlib.util.find_spec("huggingface_hub") is not None:
-        from huggingface_hub import utils as hub_utils
-
-        if not hub_utils.are_progress_bars_disabled():
-            hub_utils.disable_progress_bars()
-            restore.append(hub_utils.enable_progress_bars)
-    try:
-        yield
-    finally:
-        for undo in restore:
-            undo()
