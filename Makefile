@@ -8,7 +8,7 @@ PACKAGE_FILES := pyproject.toml $(wildcard plugins/*/pyproject.toml) constraints
 
 .PHONY: install demo test lint format bench clean
 
-PARALLEL ?= -n auto --dist loadgroup
+PARALLEL ?= -n auto --dist loadfile --no-loadscope-reorder
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ demo: install
 # The parity tests (marked in conftest.py) run a second time on another CPU instruction-set path: AVX2 where this
 # CPU has AVX-512, the plain path where it has AVX2 only. A tolerance that holds on one kind of CPU only fails here,
 # not on the next machine CI happens to get. Both runs use pytest-xdist ($(PARALLEL)): one process per core, one
-# thread each, a module's tests in one process (conftest.py). `make test PARALLEL=` runs them in one process.
+# thread each (conftest.py), a module's tests in one process. `make test PARALLEL=` runs them in one process.
 test: $(VENV)/.test-installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

@@ -22,22 +22,18 @@ if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 collect_ignore_glob = ["contrib/plugin-template/tests/*"]
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the tests that compare numbers with the reference library: `make test` runs them a second time on
     another CPU instruction-set path. The convention: they live in a test_parity*.py module or say "reference" in
     their name.
 
-    Under pytest-xdist (`--dist loadgroup`), a module's tests run in one process, so that its module fixtures (a
-    local Ray instance, an OpenVINO conversion) are built once; and the full-architecture tests (marked slow) run
-    one after another in one process: two of them at once would hold four full models, more memory than a small CI
-    machine has. They run first, so that the rest of the suite shares the other processes meanwhile."""
+    The full-architecture tests (marked slow) run first: under pytest-xdist (`--dist loadfile
+    --no-loadscope-reorder`), the modules that hold them are handed out first, so that the rest of the suite fills
+    the processes while they run."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
     for item in items:
         if item.path.name.startswith("test_parity") or "reference" in item.originalname:
             item.add_marker(pytest.mark.parity)
-        group = "full-architecture" if item.get_closest_marker("slow") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
