@@ -225,8 +225,8 @@ def test_cli_reproducible_flag(tiny_model, tmp_path, monkeypatch, flag, expected
 def test_cli_ip_adapter_images_come_back_and_do_not_combine_with_an_addon(tiny_model, third_party, tmp_path, capsys):
     """IP-Adapter's own add-on is in the Attention record; --from-png with --ip-adapter builds it again (the PNG is
     the same bytes), and a named add-on beside it is refused before any weight is read."""
-    testing = pytest.importorskip("difframe_ip_adapter.testing")
     from difframe.cli import main
+    from difframe_ip_adapter import testing  # a first-party plugin: installed with the others, never skipped
 
     adapters = testing.write_adapter_folder(tmp_path / "adapters", testing.SD1_TINY)
     testing.colour_image().save(tmp_path / "ref.png")
@@ -291,8 +291,8 @@ def test_cli_refuses_a_png_whose_backend_is_not_here(tiny_model, tmp_path, capsy
 def test_loading_an_ip_adapter_over_a_named_addon_is_refused(tiny_model, third_party, tmp_path):
     """IP-Adapter needs the cross-attention layers for its own add-on: one added by name there is refused, not
     silently replaced, and the pipeline is left as it was."""
-    testing = pytest.importorskip("difframe_ip_adapter.testing")
     from difframe import Framework
+    from difframe_ip_adapter import testing  # a first-party plugin: installed with the others, never skipped
 
     adapters = testing.write_adapter_folder(tmp_path / "adapters", testing.SD1_TINY)
     pipe = Framework().build("stable-diffusion", model=tiny_model, attention_addons=["scaled-attention"])
