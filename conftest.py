@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,3 +48,29 @@ def sd15_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("sd15") / "sd15-random"
     return write_reference_model(folder, unet=UNET_SD15, vae=VAE_SD15, text=TEXT_SD15, jitter=False)
+
+
+@pytest.fixture
+def fake_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Write a distribution (dist-info with an entry point in group 'difframe') and its module onto sys.path, as an
+    installed third-party plugin is; the modules are forgotten afterwards."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    created: list[str] = []
+
+    def make(
+        dist: str, source: str, *, module: str | None = None, entry_point: str | None = None, version: str = "1.0"
+    ) -> None:
+        module = module or dist.replace("-", "_")
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[difframe]\n{entry_point or dist} = {module}\n")
+        created.append(module)
+        importlib.invalidate_caches()
+
+    yield make
+    for module in created:
+        sys.modules.pop(module, None)

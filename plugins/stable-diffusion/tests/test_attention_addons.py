@@ -5,8 +5,6 @@ reproduced from its PNG; the CLI's --attention-option and --reproducible."""
 from __future__ import annotations
 
 import importlib
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -40,19 +38,12 @@ SETTINGS = {"num_inference_steps": 2, "height": 32, "width": 32, "output_type": 
 
 
 @pytest.fixture
-def third_party(tmp_path, monkeypatch):
-    """Install the add-on as a distribution (dist-info with an entry point in group 'difframe')."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "scaled_attention_addon.py").write_text(textwrap.dedent(SCALED_ATTENTION))
-    info = site / "scaled_attention_addon-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: scaled-attention-addon\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[difframe]\nscaled-attention = scaled_attention_addon\n")
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-    yield importlib.import_module("scaled_attention_addon")
-    sys.modules.pop("scaled_attention_addon", None)
+def third_party(fake_plugin):
+    """Installed as a third party's distribution is (dist-info with an entry point in group 'difframe')."""
+    fake_plugin(
+        "scaled-attention-addon", SCALED_ATTENTION, module="scaled_attention_addon", entry_point="scaled-attention"
+    )
+    return importlib.import_module("scaled_attention_addon")
 
 
 def _framework():

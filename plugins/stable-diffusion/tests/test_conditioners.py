@@ -4,8 +4,6 @@ build(), set_conditioner and `difframe generate --conditioner`, with no private 
 from __future__ import annotations
 
 import importlib
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -47,20 +45,10 @@ def register_conditioner(register):
 
 
 @pytest.fixture
-def third_party(tmp_path, monkeypatch):
-    """Install the conditioner as a distribution (dist-info with an entry point in group 'difframe')."""
-    site = tmp_path / "site"
-    site.mkdir()
-    module = site / "scaled_text_conditioner.py"
-    module.write_text(textwrap.dedent(SCALED_TEXT))
-    info = site / "scaled_text_conditioner-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: scaled-text-conditioner\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[difframe]\nscaled-text = scaled_text_conditioner\n")
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-    yield importlib.import_module("scaled_text_conditioner")
-    sys.modules.pop("scaled_text_conditioner", None)
+def third_party(fake_plugin):
+    """Installed as a third party's distribution is (dist-info with an entry point in group 'difframe')."""
+    fake_plugin("scaled-text-conditioner", SCALED_TEXT, module="scaled_text_conditioner", entry_point="scaled-text")
+    return importlib.import_module("scaled_text_conditioner")
 
 
 def _fresh_framework():

@@ -5,8 +5,6 @@ names it by that label, which --from-png reads back), with no private import."""
 from __future__ import annotations
 
 import importlib
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -50,19 +48,10 @@ def register_scheduler(register):
 
 
 @pytest.fixture
-def third_party(tmp_path, monkeypatch):
-    """Install the sampler as a distribution (dist-info with an entry point in group 'difframe')."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "plain_euler_sampler.py").write_text(textwrap.dedent(PLAIN_EULER))
-    info = site / "plain_euler_sampler-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plain-euler-sampler\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[difframe]\nplain-euler = plain_euler_sampler\n")
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-    yield importlib.import_module("plain_euler_sampler")
-    sys.modules.pop("plain_euler_sampler", None)
+def third_party(fake_plugin):
+    """Installed as a third party's distribution is (dist-info with an entry point in group 'difframe')."""
+    fake_plugin("plain-euler-sampler", PLAIN_EULER, module="plain_euler_sampler", entry_point="plain-euler")
+    return importlib.import_module("plain_euler_sampler")
 
 
 def test_the_contract_gives_the_shared_options_and_its_own(third_party):
