@@ -81,6 +81,7 @@ class _Wrapped:
     def __init__(self, module_name: str, module: nn.Module) -> None:
         self.module_name, self.module = module_name, module
         self.original = module.forward
+        self.own = "forward" in module.__dict__  # it replaced an instance forward (a backend's compiled layer)
         self.hooks: list[InferenceHook] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -116,6 +117,22 @@ class _Wrapped:
             ) from error
 
 
+def hooks_on(module: nn.Module) -> list[InferenceHook]:
+    """The inference hooks wrapping ``module``'s forward (empty when none)."""
+    wrapped = module.__dict__.get("forward")
+    return list(wrapped.hooks) if isinstance(wrapped, _Wrapped) else []
+
+
+def replace_forward(module: nn.Module, forward: Any) -> None:
+    """Give ``module`` its own forward (a backend's compiled graph) beneath any inference hooks wrapping it: the hooks
+    keep running around it, and removing them leaves this forward in place."""
+    wrapped = module.__dict__.get("forward")
+    if isinstance(wrapped, _Wrapped):
+        wrapped.original, wrapped.own = forward, True
+    else:
+        module.forward = forward
+
+
 class HookSet:
     """The hooks installed on one model, in order."""
 
@@ -144,7 +161,10 @@ class HookSet:
             if hook in wrapped.hooks:
                 wrapped.hooks.remove(hook)
             if not wrapped.hooks:
-                del wrapped.module.forward  # the class's forward again
+                if wrapped.own:  # the instance forward it replaced (a backend's), not the class's
+                    wrapped.module.forward = wrapped.original
+                else:
+                    del wrapped.module.forward  # the class's forward again
                 del self._wrapped[module_name]
 
     def reset(self) -> None:
