@@ -61,8 +61,9 @@ class Startup:
     compile_s: float
 
 
-# One dynamic dimension of an input: (axis, name, multiple): the size is any multiple of ``multiple``.
-Dynamic = tuple[tuple[int, str, int], ...]
+# One dynamic dimension of an input: (axis, name, multiple) or (axis, name, multiple, minimum): the size is any
+# multiple of ``multiple`` (of at least ``minimum`` multiples; default 1).
+Dynamic = tuple[tuple[Any, ...], ...]
 
 
 def compile_module(
@@ -74,11 +75,13 @@ def compile_module(
     dynamic: tuple[Dynamic, ...],
     config: dict[str, str],
     cache_dir: Path | None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[ov.CompiledModel, Startup]:
     """Convert ``module`` (or read its cached IR) and compile it for the CPU with ``config``.
 
     ``dynamic`` gives, per input, the axes left free (batch, latent size, prompt length), so one compiled model
-    serves every size and batch; OpenVINO keeps what it specialises per shape in memory.
+    serves every size and batch; OpenVINO keeps what it specialises per shape in memory. ``extra``: more that the
+    disk cache's key depends on (a converted layer's class).
     """
     begin = time.perf_counter()
     if cache_dir is None:
@@ -87,7 +90,8 @@ def compile_module(
         compiled = core.compile_model(model, "CPU", config)
         return compiled, Startup(label, False, converted - begin, time.perf_counter() - converted)
 
-    key = weights_key(module, label, {"dynamic": dynamic, "example": [tuple(t.shape) for t in example]})
+    described = {"dynamic": dynamic, "example": [tuple(t.shape) for t in example], **(extra or {})}
+    key = weights_key(module, label, described)
     xml = cache_dir / "ir" / key / "model.xml"
     from_cache = xml.is_file()
     if not from_cache:
@@ -104,8 +108,8 @@ def _convert(module: nn.Module, example: tuple[torch.Tensor, ...], dynamic: tupl
     shapes = []
     for axes in dynamic:
         spec = {}
-        for axis, name, multiple in axes:
-            dim = dims.setdefault(name, torch.export.Dim(name, min=1, max=2**16))
+        for axis, name, multiple, *minimum in axes:
+            dim = dims.setdefault(name, torch.export.Dim(name, min=minimum[0] if minimum else 1, max=2**16))
             spec[axis] = dim * multiple if multiple > 1 else dim
         shapes.append(spec)
     with torch.no_grad():

@@ -12,7 +12,7 @@ def register_backend(register) -> None:
         factory="difframe_openvino.backend:OpenVINOBackend",
         aliases=("ov",),
         description="UNet, VAE decoder and text encoder converted to OpenVINO and compiled for the CPU (f32 or bf16)",
-        cannot_run=("attention_addons", "attention_backends", "inference_hooks"),
+        cannot_run=("attention_addons", "attention_backends"),  # inference hooks: run around compiled layers
         supports={"devices": ("cpu",), "dtypes": ("float32",)},
         requires={"packages": ("openvino",), "install": "pip install difframe-openvino"},
     )

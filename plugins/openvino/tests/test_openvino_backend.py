@@ -149,7 +149,7 @@ def test_weights_changed_after_conversion_are_refused(framework, cache):
     ("options", "error", "message"),
     [
         ({"attention": "sliced"}, ConfigError, "backend 'openvino' cannot run with attention='sliced'"),
-        ({"hooks": ["step-cache"]}, ConfigError, "hooks="),
+        ({"backend_options": {"granularity": "graph"}}, ConfigError, "granularity must be 'auto', 'whole'"),
         ({"ip_adapter": "h94/IP-Adapter"}, ConfigError, "ip_adapter="),
         ({"dtype": "float16"}, ConfigError, "dtype='float16'"),
         ({"device": "cuda"}, ConfigError, "device='cuda'"),
