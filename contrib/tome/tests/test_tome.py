@@ -128,3 +128,27 @@ def test_with_an_ip_adapter(framework, tiny_model, tmp_path, merge_crossattn):
     assert np.isfinite(merged).all() and merged.shape == (1, SIZE, SIZE, 3)
     assert float(np.abs(merged - exact).max()) > 1e-4
     assert float(np.abs(merged - without_adapter).max()) > 1e-4  # the adapter still acts under merging
+
+
+def test_a_guider_step_caching_token_merging_and_an_ip_adapter_in_one_call(framework, tiny_model, tmp_path):
+    """The four extension points at once: CFG-Zero* (a guider), first-block cache and token merging (hooks), and
+    IP-Adapter (an attention add-on with its own conditioner); the adapter still acts under all of them."""
+    from difframe_ip_adapter.testing import SD1_TINY, colour_image, write_adapter_folder
+
+    adapters = write_adapter_folder(tmp_path / "adapters", SD1_TINY, kinds=("plain",))
+    pipe = framework.build(
+        "stable-diffusion",
+        model=tiny_model,
+        guider="cfg-zero-star",
+        hooks=[("first-block-cache", {"threshold": 0.5}), ("tome", {"ratio": 0.5})],
+        ip_adapter=adapters / "models" / "ip-adapter-plain.safetensors",
+    )
+    pipe.set_progress_bar_config(disable=True)
+    image = colour_image(seed=1)
+    everything = _images(pipe, guidance_scale=5.0, ip_adapter_image=image)
+    assert [hook.name for hook in pipe.hooks] == ["first-block-cache", "tome"]
+    assert pipe.hooks[0].steps_run.count(False) > 0  # the cache really skipped calls
+    pipe.set_ip_adapter_scale(0.0)
+    without_adapter = _images(pipe, guidance_scale=5.0, ip_adapter_image=image)
+    assert np.isfinite(everything).all() and everything.shape == (1, SIZE, SIZE, 3)
+    assert float(np.abs(everything - without_adapter).max()) > 1e-4
