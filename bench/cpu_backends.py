@@ -7,11 +7,18 @@ library, with the same weights in one run, the contenders alternating round by r
   optimum-intel's OVStableDiffusionPipeline does not install here without replacing transformers and
   huggingface_hub, so OpenVINO is represented by the same UNet converted with OpenVINO's own converter (our backend).
 - ``builtin``: the built-in model end to end (64x64, 20 DPM++ steps, guidance 7.5), including torch.compile.
+- ``e2e`` (only with ``--only e2e``): issue 19's "combined with the accelerators": the full SD 1.5 architecture
+  (random weights, bench/pipelines.py's folder) end to end, ``--size`` (512) and ``--steps`` (20), DPM++ 2M, guidance
+  7.5, one image, one timed call per row after one 1-step warm-up call per pipeline: ours eager, OpenVINO as one
+  graph and per layer, OpenVINO per layer with DeepCache and with the first-block cache, and ours eager with
+  DeepCache; each row's speed-up over OpenVINO exact (one graph), its largest pixel difference to its exact image
+  and the UNet calls run in full.
 - ``--quality N``: the built-in model's scorer (``difframe_shapes_model.evaluate``) over N prompts per contender.
 
 OpenVINO's startup is stated twice: the first (conversion and compilation) and the second (from the disk cache).
 Run: flock /tmp/heavy.lock .venv/bin/python bench/cpu_backends.py [--rounds 3] [--threads 2] [--only unet|builtin]
-[--quality 240] [--compile]; --only quality --quality 240 measures no time (no lock needed)
+[--quality 240] [--compile]; --only e2e [--size 512] [--steps 20] [--model-dir DIR];
+--only quality --quality 240 measures no time (no lock needed)
 """
 
 from __future__ import annotations
@@ -186,11 +193,127 @@ def bench_quality(count: int, cache: Path) -> str:
     return f"Built-in model scorer over {count} prompts, 20 DPM++ steps, guidance 7.5\n\n" + "\n".join(rows)
 
 
+# --- SD 1.5 end to end, with the step caches ------------------------------------------------------------------------
+E2E_PROMPT = "a watercolor painting of a fox in a forest"
+
+
+def sd15_folder(model_dir: Path) -> Path:
+    """The random SD 1.5 folder of bench/pipelines.py (made once in ``model_dir``; the other benchmarks share it)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from pipelines import make_model
+
+    folder = model_dir / "sd15-random"
+    if not (folder / "model_index.json").exists():
+        make_model(folder)
+    return folder
+
+
+def layer_startup_lines(label: str, backend: Any) -> list[str]:
+    """The UNet's layer graphs summed (there are dozens), the other models one line each."""
+    layers = [s for s in backend.startup if s.label.startswith("unet.")]
+    lines = [
+        f"- {label}: unet as {len(layers)} layer graphs, converted in {sum(s.convert_s for s in layers):.1f} s, "
+        f"compiled in {sum(s.compile_s for s in layers):.1f} s"
+    ]
+    others = SimpleNamespace(startup=[s for s in backend.startup if not s.label.startswith("unet.")])
+    return lines + startup_lines(label, others)
+
+
+def bench_e2e(size: int, steps: int, threads: int, cache: Path, folder: Path) -> str:
+    import gc
+
+    import numpy as np
+    import torch
+    from difframe import Framework
+
+    framework = Framework()
+    call = dict(height=size, width=size, num_inference_steps=steps, guidance_scale=7.5, output_type="np")
+    ov_options = {"precision": "f32", "cache_dir": cache, "num_threads": threads}
+    deepcache, first_block = ("deepcache", {"interval": 3, "branch": 0}), ("first-block-cache", {"threshold": 0.2})
+    rows: dict[str, tuple[float, Any, str, str]] = {}  # name -> (seconds, image, its exact row, full UNet calls)
+    lines: list[str] = []
+
+    def build(**backend_options: Any) -> Any:
+        options = (
+            {"backend": "openvino", "backend_options": {**ov_options, **backend_options}} if backend_options else {}
+        )
+        begin = time.perf_counter()
+        pipe = framework.build("stable-diffusion", model=folder, scheduler="dpmpp", progress=False, **options)
+        built = time.perf_counter() - begin
+        with torch.inference_mode():
+            pipe(E2E_PROMPT, seed=0, **{**call, "num_inference_steps": 1})  # warm-up: first-call work at this size
+        return pipe, built
+
+    def run(name: str, pipe: Any, exact: str, hook: tuple[str, dict] | None = None) -> None:
+        added = pipe.add_hook(hook[0], **hook[1]) if hook else None
+        try:
+            with torch.inference_mode():
+                begin = time.perf_counter()
+                image = pipe(E2E_PROMPT, seed=0, **call).images
+                seconds = time.perf_counter() - begin
+        finally:
+            if added is not None:
+                pipe.remove_hook(added)
+        full = f"{sum(added.steps_run)}/{len(added.steps_run)}" if added else f"{steps}/{steps}"
+        rows[name] = (seconds, image, exact, full)
+
+    eager, _ = build()  # one pipeline at a time: the SD 1.5 weights are loaded once per pipeline
+    run("ours eager f32, exact", eager, "ours eager f32, exact")
+    run("ours eager f32 + DeepCache (interval 3, branch 0)", eager, "ours eager f32, exact", deepcache)
+    del eager
+    gc.collect()
+    whole, built = build(granularity="whole")
+    lines += startup_lines(f"OpenVINO one graph (build {built:.1f} s)", whole.backend)
+    run("OpenVINO f32, exact (one graph)", whole, "OpenVINO f32, exact (one graph)")
+    del whole
+    gc.collect()
+    layered, built = build(granularity="layers")
+    lines += layer_startup_lines(f"OpenVINO per layer (build {built:.1f} s)", layered.backend)
+    exact = "OpenVINO f32, exact (one graph)"
+    run("OpenVINO f32 per layer, exact", layered, exact)
+    run("OpenVINO f32 per layer + DeepCache (interval 3, branch 0)", layered, exact, deepcache)
+    run("OpenVINO f32 per layer + first-block cache (0.2)", layered, exact, first_block)
+    del layered
+    gc.collect()
+
+    order = [
+        "ours eager f32, exact",
+        "OpenVINO f32, exact (one graph)",
+        "OpenVINO f32 per layer, exact",
+        "OpenVINO f32 per layer + DeepCache (interval 3, branch 0)",
+        "OpenVINO f32 per layer + first-block cache (0.2)",
+        "ours eager f32 + DeepCache (interval 3, branch 0)",
+    ]
+    base = rows["OpenVINO f32, exact (one graph)"][0]
+    table_rows = [
+        "| run | wall time | speed-up over OpenVINO exact | max abs pixel difference to its exact image "
+        "| full UNet calls |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name in order:
+        seconds, image, exact_name, full = rows[name]
+        difference = float(np.abs(image - rows[exact_name][1]).max())
+        table_rows.append(f"| {name} | {seconds:.1f} s | {base / seconds:.2f}x | {difference:.4f} | {full} |")
+    return (
+        f"SD 1.5 architecture (random weights) end to end: one {size}x{size} image, {steps} DPM++ 2M steps, guidance "
+        f"7.5, {threads} threads, one timed call per row after a 1-step warm-up per pipeline; OpenVINO rows compare "
+        "to OpenVINO's exact image (one graph), eager rows to ours\n\n"
+        + "\n".join(table_rows)
+        + "\n\n"
+        + "\n".join(lines)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", choices=("unet", "builtin", "quality"))
+    parser.add_argument("--only", choices=("unet", "builtin", "quality", "e2e"))
+    parser.add_argument("--size", type=int, default=512, help="image size of --only e2e")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps of --only e2e")
+    parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "difframe-bench")
     parser.add_argument("--quality", type=int, default=0, help="also score N prompts per contender (built-in model)")
     parser.add_argument("--compile", action="store_true", help="include torch.compile (built-in model)")
     args = parser.parse_args()
@@ -206,6 +329,9 @@ def main() -> None:
             print(bench_quality(args.quality, cache), "\n", flush=True)
         if args.only in (None, "unet"):
             print(bench_unet(args.rounds, args.threads, cache), flush=True)
+        if args.only == "e2e":
+            folder = sd15_folder(args.model_dir)
+            print(bench_e2e(args.size, args.steps, args.threads, cache, folder), flush=True)
 
 
 if __name__ == "__main__":
