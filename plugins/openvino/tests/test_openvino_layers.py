@@ -77,6 +77,9 @@ def test_layers_without_hooks_match_eager(eager, layers):
         expected = eager(PROMPTS, seed=11, **CALL, **options).images
         got = layers(PROMPTS, seed=11, **CALL, **options).images
         assert np.abs(expected - got).max() < 1e-3
+    # the downsampler's graph takes inputs of 3 and more: a 16x16 image (2x2 latents) is refused with the figure
+    with pytest.raises(ConfigError, match=r"latents of at least 3x3 .* got \(2, 2\)"):
+        layers(PROMPTS[0], seed=1, num_inference_steps=1, width=16, height=16)
 
 
 @pytest.mark.parametrize(("hook", "options"), STEP_CACHES)
