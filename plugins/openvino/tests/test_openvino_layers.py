@@ -91,11 +91,13 @@ def test_step_caches_run_around_compiled_layers(eager, layers, hook, options):
     assert np.abs(expected - got).max() < 1e-3
 
 
-def test_hooks_given_to_build_compile_the_layers(framework, cache, eager):
-    """build(hooks=[...]) with granularity "auto": the hooks are there before the backend, which compiles layers."""
+def test_hooks_given_to_build_compile_the_layers(framework, cache, eager, layers):
+    """build(hooks=[...]) with granularity "auto": the hooks are there before the backend, which compiles layers,
+    each read from the disk cache that the ``layers`` pipeline filled."""
     compiled = openvino(framework, cache, hooks=[("deepcache", {"interval": 3, "branch": 0})])
     assert compiled.backend.unet_granularity == "layers"
-    assert [s.label for s in compiled.backend.startup if s.label == "unet"] == []
+    assert [s.label for s in compiled.backend.startup] == [s.label for s in layers.backend.startup]
+    assert all(s.from_cache for s in compiled.backend.startup)
     expected, got, steps_eager, steps_compiled = run_both(eager, compiled, "deepcache", {"interval": 3, "branch": 0})
     assert steps_compiled == steps_eager and False in steps_compiled
     assert np.abs(expected - got).max() < 1e-3
