@@ -7,19 +7,21 @@ the embeddings of drawn scenes, scored on scenes of another data seed. Chance is
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
 
-def embeddings(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image embeddings, shape index) of ``count`` drawn scenes, through the shipped encoder and its processor."""
+def embeddings(count: int, seed: int, folder: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(image embeddings, shape index) of ``count`` drawn scenes, through the encoder in ``folder`` (default: the
+    shipped one) and its processor."""
     import torch
     from difframe_shapes_model.data import SHAPES, draw, make_dataset
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     from .evaluate import FOLDER
 
-    folder = FOLDER / "models" / "image_encoder"
+    folder = (folder or FOLDER) / "models" / "image_encoder"
     encoder = CLIPVisionModelWithProjection.from_pretrained(folder).eval()
     _, scenes = make_dataset(count, seed)
     pixels = CLIPImageProcessor.from_pretrained(folder)(images=[draw(s) for s in scenes], return_tensors="pt")
@@ -39,8 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=int, default=1500)
     parser.add_argument("--test", type=int, default=500)
+    parser.add_argument("--folder", type=Path, default=None, help="another adapter folder (default: the shipped one)")
     args = parser.parse_args(argv)
-    accuracy = probe_accuracy(embeddings(args.train, seed=11), embeddings(args.test, seed=4242))
+    train, test = embeddings(args.train, 11, args.folder), embeddings(args.test, 4242, args.folder)
+    accuracy = probe_accuracy(train, test)
     print(f"shape kind from the image embedding, linear probe: {100 * accuracy:.1f}% (chance 33.3%)")
 
 
