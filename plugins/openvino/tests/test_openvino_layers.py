@@ -6,14 +6,13 @@ before any denoising."""
 
 from __future__ import annotations
 
+import difframe_step_cache  # noqa: F401  (contrib/step-cache, which make test installs: never skipped)
 import numpy as np
 import pytest
 import torch
 from difframe import Framework
 from difframe.errors import ConfigError
 from difframe.inference_hooks import HookSet, InferenceHook, hooks_on, replace_forward
-
-pytest.importorskip("difframe_step_cache", reason="the step caches are contrib/step-cache (make test installs it)")
 
 PROMPTS = ["a red circle on a blue background", "a green square on a yellow background"]
 CALL = dict(num_inference_steps=6, guidance_scale=7.5, output_type="np")
@@ -135,7 +134,8 @@ def test_whole_granularity_refuses_hooks_naming_the_option(framework, cache, tmp
 
 def test_hooks_inside_a_compiled_layer_are_refused_by_name(framework, cache, layers):
     """Token merging hooks the transformer blocks inside attentions.i: refused before any denoising."""
-    pytest.importorskip("difframe_tome", reason="token merging is contrib/tome (make test installs it)")
+    import difframe_tome  # noqa: F401  (contrib/tome, which make test installs: never skipped)
+
     with pytest.raises(ConfigError, match=r"hook 'tome' on unet.down_blocks.0.attentions.0.transformer_blocks"):
         openvino(framework, cache, hooks=["tome"])
     hook = layers.add_hook("tome")
