@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import threading
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -270,7 +270,9 @@ def _refuse_unet_inputs(
         )
 
 
-def _unet_forward(graph: Graph, backend: OpenVINOBackend) -> Any:
+def _unet_entry(run: Callable[[nn.Module, torch.Tensor, Any, torch.Tensor], torch.Tensor]) -> Any:
+    """A forward with the UNet's signature: refuses what no compiled UNet takes, then ``run``s."""
+
     def forward(
         self: nn.Module,
         sample: torch.Tensor,
@@ -282,6 +284,13 @@ def _unet_forward(graph: Graph, backend: OpenVINOBackend) -> Any:
         timestep_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         _refuse_unet_inputs(cross_attention_kwargs, attention_mask, timestep_cond)
+        return run(self, sample, timestep, encoder_hidden_states)
+
+    return forward
+
+
+def _unet_forward(graph: Graph, backend: OpenVINOBackend) -> Any:
+    def run(self: nn.Module, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         hooked = _hooked_modules(self)
         if hooked:  # added after the build (pipe.add_hook)
             if backend.granularity != "auto":
@@ -298,23 +307,13 @@ def _unet_forward(graph: Graph, backend: OpenVINOBackend) -> Any:
         out = graph(sample.float(), t, encoder_hidden_states.float())[0]
         return out.to(device=sample.device, dtype=sample.dtype)
 
-    return forward
+    return _unet_entry(run)
 
 
 def _layered_unet_forward(weights: int) -> Any:
     """The UNet's own forward (and its blocks'), whose layers are compiled graphs, after the whole-UNet checks."""
 
-    def forward(
-        self: nn.Module,
-        sample: torch.Tensor,
-        timestep: torch.Tensor | float | int,
-        encoder_hidden_states: torch.Tensor,
-        *,
-        cross_attention_kwargs: Mapping[str, Any] | None = None,
-        attention_mask: torch.Tensor | None = None,
-        timestep_cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        _refuse_unet_inputs(cross_attention_kwargs, attention_mask, timestep_cond)
+    def run(self: nn.Module, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         _check_current(self, weights, "unet", layers=_layer_names(self))
         smallest = DOWNSAMPLER_MIN * 2 ** max(int(self.num_upsamplers) - 1, 0)  # the last downsampler's input
         if self.num_upsamplers and min(sample.shape[2:]) < smallest:
@@ -326,7 +325,7 @@ def _layered_unet_forward(weights: int) -> Any:
             )
         return type(self).forward(self, sample, timestep, encoder_hidden_states)
 
-    return forward
+    return _unet_entry(run)
 
 
 def _layer_forward(graph: Graph, label: str, tensors: int) -> Any:
